@@ -1,0 +1,105 @@
+"""Conversions between protobuf messages and the SDK's own types.
+
+Transports (the gRPC servicer, Redis adapters) call these and nothing else touches
+protobuf packets.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import grpc
+from google.protobuf import json_format, struct_pb2
+
+from aios_grpc._pb import pb
+from aios_grpc.errors import PacketError, status_of
+from aios_grpc.packet import AIOSPacket, FileInfo
+
+
+def packet_from_proto(msg: pb.Packet) -> AIOSPacket:
+    """An ``AIOSPacket`` with the fields of a protobuf ``Packet``."""
+    files = [FileInfo(f.metadata, f.file_data) for f in msg.files] if msg.files else []
+    return AIOSPacket(
+        session_id=msg.session_id,
+        seq_no=msg.seq_no,
+        data=msg.data,
+        ts=msg.ts,
+        output_ptr=msg.output_ptr,
+        files=files,
+        headers=dict(msg.headers) if msg.headers else {},
+        deadline=msg.deadline,
+    )
+
+
+def packet_to_proto(packet: AIOSPacket) -> pb.Packet:
+    """A protobuf ``Packet`` from an ``AIOSPacket`` (a dict ``data`` is JSON-encoded)."""
+    data = packet.data
+    if not isinstance(data, str):
+        data = data.decode() if isinstance(data, bytes) else json.dumps(data)
+    msg = pb.Packet(
+        session_id=packet.session_id,
+        seq_no=packet.seq_no,
+        data=data,
+        ts=packet.ts,
+        output_ptr=packet.output_ptr,
+        deadline=packet.deadline,
+    )
+    if packet.files:
+        msg.files.extend(pb.FileInfo(metadata=f.metadata, file_data=f.file_data) for f in packet.files)
+    if packet.headers:
+        msg.headers.update(packet.headers)
+    return msg
+
+
+def error_to_proto(exc: BaseException) -> pb.PacketError:
+    """A ``PacketError`` message naming the gRPC code, message, retryability and stage."""
+    code, retryable = status_of(exc)
+    stage = exc.stage if isinstance(exc, PacketError) else ""
+    message = exc.message if isinstance(exc, PacketError) else f"{type(exc).__name__}: {exc}"
+    return pb.PacketError(
+        code=code.value[0],
+        code_name=code.name,
+        message=message,
+        retryable=retryable,
+        stage=stage,
+    )
+
+
+def code_from_number(number: int) -> grpc.StatusCode:
+    """The ``grpc.StatusCode`` with the given number (UNKNOWN when out of range)."""
+    for code in grpc.StatusCode:
+        if code.value[0] == number:
+            return code
+    return grpc.StatusCode.UNKNOWN
+
+
+def struct_to_dict(msg: struct_pb2.Struct) -> dict[str, Any]:
+    """A protobuf ``Struct`` as a plain dict (whole numbers stay ints)."""
+    return _ints(json_format.MessageToDict(msg))  # type: ignore[no-any-return]
+
+
+def dict_to_struct(value: dict[str, Any]) -> struct_pb2.Struct:
+    """A plain JSON-able dict as a protobuf ``Struct``."""
+    msg = struct_pb2.Struct()
+    msg.update(json.loads(json.dumps(value, default=str)))
+    return msg
+
+
+def to_value(value: Any) -> struct_pb2.Value:
+    """Any JSON-able value as a protobuf ``Value`` (non-JSON types go through ``str``)."""
+    msg = struct_pb2.Value()
+    json_format.Parse(json.dumps(value, default=str), msg)
+    return msg
+
+
+def _ints(value: Any) -> Any:
+    # Struct stores every number as a double; give back ints where nothing was lost so
+    # that {"n": 3} set from grpcurl reaches on_update as 3, not 3.0.
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _ints(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_ints(v) for v in value]
+    return value

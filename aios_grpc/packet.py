@@ -1,0 +1,77 @@
+"""The data types a block sees: AIOSPacket, FileInfo, PreProcessResult, OnDataResult.
+
+They keep the names and attributes of the original AIOS Instance SDK, so a block's
+``on_preprocess(packet)`` and ``on_data(entry)`` read ``packet.data``,
+``packet.session_id``, ``entry.extra_data`` and so on exactly as before.
+
+>>> p = AIOSPacket(session_id="s1", seq_no=1, data='{"value": 0.9}')
+>>> p.json()
+{'value': 0.9}
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class FileInfo:
+    """A file attached to a packet: JSON ``metadata`` text and raw ``file_data``."""
+
+    metadata: str = ""
+    file_data: bytes = b""
+
+    def meta(self) -> Any:
+        """The metadata parsed from JSON (``{}`` when empty)."""
+        return json.loads(self.metadata) if self.metadata else {}
+
+
+@dataclass(slots=True)
+class AIOSPacket:
+    """One unit of work, as the block sees it.
+
+    ``data`` is the JSON text of the payload, except after a ``Muxer`` merged several
+    packets: then it is the dict ``{"inputs": [...]}``, as in the original SDK.
+    """
+
+    session_id: str = ""
+    seq_no: int = 0
+    data: Any = ""
+    ts: float = 0.0
+    output_ptr: str = ""
+    files: list[FileInfo] = field(default_factory=list)
+    headers: dict[str, str] = field(default_factory=dict)
+    deadline: float = 0.0
+
+    def json(self) -> Any:
+        """``data`` parsed from JSON (returned as is when it is already a dict or list)."""
+        if isinstance(self.data, str | bytes):
+            return json.loads(self.data) if self.data else {}
+        return self.data
+
+    def SerializeToString(self) -> bytes:  # noqa: N802 - protobuf's name, for side-car pushes
+        """The packet as protobuf bytes (``aios.block.v1.Packet``, wire-compatible with AIOSPacket)."""
+        from aios_grpc.converters import packet_to_proto
+
+        return bytes(packet_to_proto(self).SerializeToString())
+
+
+@dataclass(slots=True)
+class PreProcessResult:
+    """What ``on_preprocess`` returns per unit of work for ``on_data``."""
+
+    packet: AIOSPacket
+    extra_data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class OnDataResult:
+    """What ``on_data`` returns: ``output`` becomes the JSON ``data`` of the output packet."""
+
+    output: Any
+    files: list[FileInfo] = field(default_factory=list)
+
+
+__all__ = ["AIOSPacket", "FileInfo", "OnDataResult", "PreProcessResult"]

@@ -1,0 +1,32 @@
+"""The ``Router`` seam: where a packet's outputs go after the block produced them.
+
+The default sends every output back on the caller's stream (an empty
+``output_ptr``). The graph router (``output_ptr`` targets: other blocks over gRPC,
+Redis queues) replaces it by configuration.
+"""
+
+from __future__ import annotations
+
+from aios_grpc.packet import AIOSPacket
+from aios_grpc.scheduler.job import Job
+
+
+class Router:
+    """Returns outputs to the caller; subclasses forward them elsewhere."""
+
+    def wants(self, job: Job) -> bool:
+        """Whether ``route`` must be awaited for this job (False: fast path, to the caller)."""
+        return False
+
+    async def route(self, job: Job, outputs: list[AIOSPacket]) -> list[AIOSPacket]:
+        """Deliver ``outputs`` to their targets; return those that go back to the caller.
+
+        Raise a ``PacketError`` (UNAVAILABLE, PERMISSION_DENIED, ...) to fail the job.
+        """
+        return outputs
+
+    async def close(self) -> None:
+        """Release connections."""
+
+
+__all__ = ["Router"]

@@ -1,0 +1,325 @@
+"""``Scheduler``: between ingress (Process streams, queues) and the block's methods.
+
+Ingress hands it ``Job`` objects with ``submit`` (which waits while the bounded queue
+is full, so readers stop reading and HTTP/2 flow control slows the senders). Worker
+tasks take jobs off the queue in chunks and run a whole chunk through the block's
+plain methods in one thread hand-off: a thread hop costs tens of microseconds, as
+much as gRPC's own per-message work, so one hop per packet would halve throughput.
+The chunk size adapts to how long the block takes per packet, so a slow block gets
+chunks of one and keeps every worker thread busy. ``async def`` methods run on the
+loop instead.
+
+Each job gets exactly one terminal result through ``job.reply``; partial outputs
+(generators) come before it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from aios_grpc.block import BlockAdapter
+from aios_grpc.errors import BlockCodeError, DeadlineExceeded, PacketError, ResourceExhausted, Unavailable
+from aios_grpc.muxing import Batcher, Muxer
+from aios_grpc.packet import AIOSPacket, OnDataResult
+from aios_grpc.routing import Router
+from aios_grpc.scheduler.job import Job, Kind, Result
+from aios_grpc.settings import Settings
+from aios_grpc.telemetry import Telemetry
+
+log = logging.getLogger("aios_grpc.scheduler")
+
+# A chunk should keep a worker thread busy for about this long: long enough to
+# amortise the hand-off, short enough that a slow packet does not hold many others.
+_CHUNK_TARGET_S = 0.002
+
+
+class Scheduler:
+    """Runs jobs through a block with bounded queues and a sized thread pool."""
+
+    def __init__(
+        self,
+        block: BlockAdapter,
+        settings: Settings,
+        *,
+        telemetry: Telemetry | None = None,
+        router: Router | None = None,
+        executor: ThreadPoolExecutor | None = None,
+    ) -> None:
+        self.block = block
+        self.settings = settings
+        self.telemetry = telemetry or Telemetry()
+        self.router = router or Router()
+        self.executor = executor or self.make_executor(settings)
+        self.muxer: Muxer | None = None
+        self.batcher: Batcher | None = None
+        self.in_flight = 0
+        self.accepting = True
+        self.completed = 0
+        self._queue: asyncio.Queue[Job] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._side_tasks: set[asyncio.Task[None]] = set()
+        self._idle: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._job_time_s = 0.0  # moving average of block time per packet
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    @staticmethod
+    def make_executor(settings: Settings) -> ThreadPoolExecutor:
+        """The thread pool that runs plain block methods (``settings.workers`` threads)."""
+        return ThreadPoolExecutor(settings.workers, thread_name_prefix="aios-block")
+
+    async def configure(self) -> None:
+        """Read the block's muxer and batcher (``get_muxer``, ``get_batcher``) once."""
+        self.muxer = await self.to_thread(self.block.muxer)
+        self.batcher = await self.to_thread(self.block.batcher)
+
+    def muxer_info(self) -> dict[str, Any]:
+        """Muxer settings as GetInfo reports them."""
+        if self.muxer is None:
+            return {"n": 0}
+        return {"n": self.muxer.N, "timeout_s": self.muxer.timeout_s or 0.0,
+                "max_open_groups": self.muxer.max_open_groups or 0}
+
+    def batcher_info(self) -> dict[str, Any]:
+        """Batcher settings as GetInfo reports them."""
+        if self.batcher is None:
+            return {"kind": "none"}
+        return {"kind": self.batcher.kind, "n": self.batcher.N, "t": self.batcher.T,
+                "max_concurrent_batches": 1}
+
+    async def start(self) -> None:
+        """Create the queue and the worker tasks on the running loop."""
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._queue = asyncio.Queue(self.settings.max_queued)
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._tasks = [
+            asyncio.create_task(self._worker(), name=f"aios-worker-{i}")
+            for i in range(self.settings.workers)
+        ]
+
+    async def drain(self, timeout_s: float) -> int:
+        """Refuse new jobs and wait up to ``timeout_s`` for jobs in flight; returns how many are left."""
+        self.accepting = False
+        assert self._idle is not None
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            pass
+        return self.in_flight
+
+    async def stop(self) -> None:
+        """Cancel the workers and answer what is still queued with UNAVAILABLE."""
+        self.accepting = False
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if self._queue is not None:
+            while not self._queue.empty():
+                job = self._queue.get_nowait()
+                self.answer(job, Result(Kind.ERROR, error=Unavailable("server is shutting down", stage="queue")))
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        await self.router.close()
+
+    # -- ingress ---------------------------------------------------------------------
+
+    @property
+    def queue_depth(self) -> int:
+        """Jobs waiting for a worker."""
+        return self._queue.qsize() if self._queue is not None else 0
+
+    async def submit(self, job: Job) -> None:
+        """Queue a job, waiting while the queue is full (backpressure)."""
+        if not self._admit(job):
+            return
+        assert self._queue is not None
+        await self._queue.put(job)
+
+    def submit_nowait(self, job: Job) -> None:
+        """Queue a job or answer it RESOURCE_EXHAUSTED when the queue is full."""
+        if not self._admit(job):
+            return
+        assert self._queue is not None
+        try:
+            self._queue.put_nowait(job)
+        except asyncio.QueueFull:
+            self.answer(job, Result(Kind.ERROR, error=ResourceExhausted(
+                f"scheduler queue is full ({self.settings.max_queued} packets, AIOS_MAX_QUEUED)",
+                stage="queue",
+            )))
+
+    def _admit(self, job: Job) -> bool:
+        self.in_flight += 1
+        assert self._idle is not None
+        self._idle.clear()
+        self.telemetry.packet_received(job)
+        if not self.accepting:
+            self.answer(job, Result(Kind.ERROR, error=Unavailable("block is draining", stage="queue")))
+            return False
+        return True
+
+    # -- egress ----------------------------------------------------------------------
+
+    def answer(self, job: Job, result: Result) -> None:
+        """Send a terminal result for ``job`` (on the loop's thread)."""
+        try:
+            job.reply(result)
+        except Exception:
+            log.exception("reply for %s/%s failed", job.packet.session_id, job.packet.seq_no)
+        self.telemetry.packet_answered(job, result)
+        self.in_flight -= len(job.members) if job.members else 1
+        self.completed += 1
+        if self.in_flight <= 0 and self._idle is not None:
+            self._idle.set()
+
+    def partial(self, job: Job, output: AIOSPacket) -> None:
+        """Send a partial output for ``job``; callable from any thread."""
+        if threading.get_ident() != self._loop_thread:
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self.partial, job, output)
+            return
+        try:
+            job.reply(Result(Kind.PARTIAL, output=output))
+        except Exception:
+            log.exception("partial reply for %s/%s failed", job.packet.session_id, job.packet.seq_no)
+
+    # -- workers ---------------------------------------------------------------------
+
+    async def _worker(self) -> None:
+        queue = self._queue
+        assert queue is not None
+        while True:
+            job = await queue.get()
+            jobs = [job]
+            limit = self._chunk_limit()
+            while len(jobs) < limit:
+                try:
+                    jobs.append(queue.get_nowait())
+                except asyncio.QueueEmpty:
+                    break
+            try:
+                await self._run(jobs)
+            except asyncio.CancelledError:
+                for j in jobs:
+                    self.answer(j, Result(Kind.ERROR, error=Unavailable("server is shutting down", stage="data")))
+                raise
+            except Exception as exc:  # a bug in the SDK; never leave a packet unanswered
+                log.exception("scheduler failed on a chunk of %d packets", len(jobs))
+                for j in jobs:
+                    self.answer(j, Result(Kind.ERROR, error=BlockCodeError(f"internal error: {exc}", stage="data")))
+
+    def _chunk_limit(self) -> int:
+        if self._job_time_s <= 0:
+            return 1
+        return max(1, min(self.settings.max_chunk, int(_CHUNK_TARGET_S / self._job_time_s)))
+
+    async def _run(self, jobs: list[Job]) -> None:
+        now = time.monotonic()
+        for job in jobs:
+            self.telemetry.stage_done(job, "queue", now - job.received)
+        if self.block.all_sync:
+            assert self._loop is not None
+            results = await self._loop.run_in_executor(self.executor, self._run_chunk_sync, jobs)
+            for job, res in zip(jobs, results, strict=True):
+                self._finish(job, res)
+        else:
+            await asyncio.gather(*(self._run_one_async(job) for job in jobs))
+
+    def _run_chunk_sync(self, jobs: list[Job]) -> list[list[AIOSPacket] | BaseException]:
+        out: list[list[AIOSPacket] | BaseException] = []
+        start = time.perf_counter()
+        for job in jobs:
+            try:
+                self._check(job)
+                outputs = self.block.run_sync(job.packet, lambda o, j=job: self.partial(j, self.output_packet(j, o)))
+                out.append([self.output_packet(job, o) for o in outputs])
+            except Exception as exc:
+                out.append(exc)
+        elapsed = (time.perf_counter() - start) / len(jobs)
+        self._job_time_s = elapsed if self._job_time_s == 0 else 0.8 * self._job_time_s + 0.2 * elapsed
+        return out
+
+    async def _run_one_async(self, job: Job) -> None:
+        try:
+            self._check(job)
+            outputs = await self.block.run_async(
+                job.packet, lambda o: self.partial(job, self.output_packet(job, o)), self.to_thread
+            )
+            res: list[AIOSPacket] | BaseException = [self.output_packet(job, o) for o in outputs]
+        except Exception as exc:
+            res = exc
+        self._finish(job, res)
+
+    async def to_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run a plain function in the block's thread pool."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    def _check(self, job: Job) -> None:
+        if job.deadline and time.monotonic() > job.deadline:
+            raise DeadlineExceeded("packet deadline passed before the block ran it", stage="deadline")
+        self.block.validate_packet(job.packet, self.settings.validate_json, self.settings.max_files_per_packet)
+
+    def output_packet(self, job: Job, result: OnDataResult) -> AIOSPacket:
+        """The output packet for one ``OnDataResult`` of ``job``."""
+        data = result.output
+        if not isinstance(data, str):
+            try:
+                data = json.dumps(data)
+            except (TypeError, ValueError) as exc:
+                raise BlockCodeError(f"output is not JSON-serializable: {exc}", stage="data") from None
+        packet = job.packet
+        return AIOSPacket(
+            session_id=packet.session_id,
+            seq_no=packet.seq_no,
+            data=data,
+            ts=time.time(),
+            output_ptr=packet.output_ptr,
+            files=result.files,
+            headers=packet.headers,
+        )
+
+    def _finish(self, job: Job, res: list[AIOSPacket] | BaseException) -> None:
+        if isinstance(res, BaseException):
+            if not isinstance(res, PacketError):
+                log.error("packet %s/%s failed: %r", job.packet.session_id, job.packet.seq_no, res)
+            self.answer(job, Result(Kind.ERROR, error=res))
+            return
+        if self.router.wants(job):
+            task = asyncio.create_task(self._route(job, res))
+            self._side_tasks.add(task)
+            task.add_done_callback(self._side_tasks.discard)
+            return
+        self.answer_outputs(job, res)
+
+    async def _route(self, job: Job, outputs: list[AIOSPacket]) -> None:
+        start = time.monotonic()
+        try:
+            back = await self.router.route(job, outputs)
+        except Exception as exc:
+            self.answer(job, Result(Kind.ERROR, error=exc))
+            return
+        self.telemetry.stage_done(job, "route", time.monotonic() - start)
+        self.answer_outputs(job, back)
+
+    def answer_outputs(self, job: Job, outputs: list[AIOSPacket]) -> None:
+        """Answer ``job`` OK: one output rides on the terminal result, several come as partials."""
+        if len(outputs) == 1:
+            self.answer(job, Result(Kind.OK, output=outputs[0]))
+            return
+        for output in outputs:
+            self.partial(job, output)
+        self.answer(job, Result(Kind.OK))
+
+
+__all__ = ["Scheduler"]

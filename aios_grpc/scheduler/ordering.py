@@ -1,0 +1,83 @@
+"""``OrderedReplies``: per-stream release of results in each session's arrival order.
+
+Workers finish packets in any order; a stream's answers for one session must come
+back in the order its packets arrived. Each packet takes a slot when it is read; a
+slot's results go out at once when every earlier packet of the same session on the
+stream is answered, and are held until then otherwise.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+
+from aios_grpc.scheduler.job import Result
+
+Emit = Callable[[str, int, Result], None]
+
+
+class _Slot:
+    __slots__ = ("done", "held", "owner", "seq_no", "session_id")
+
+    def __init__(self, owner: OrderedReplies, session_id: str, seq_no: int) -> None:
+        self.owner = owner
+        self.session_id = session_id
+        self.seq_no = seq_no
+        self.held: list[Result] | None = None
+        self.done = False
+
+    def __call__(self, result: Result) -> None:
+        self.owner._on_result(self, result)
+
+
+class OrderedReplies:
+    """Slots for one stream's packets; ``emit(session_id, seq_no, result)`` sends."""
+
+    def __init__(self, emit: Emit) -> None:
+        self._emit = emit
+        self._sessions: dict[str, deque[_Slot]] = {}
+        self.open_slots = 0
+
+    def slot(self, session_id: str, seq_no: int) -> _Slot:
+        """A reply callable for the next packet of ``session_id`` on this stream."""
+        slot = _Slot(self, session_id, seq_no)
+        queue = self._sessions.get(session_id)
+        if queue is None:
+            queue = self._sessions[session_id] = deque()
+        queue.append(slot)
+        self.open_slots += 1
+        return slot
+
+    def _on_result(self, slot: _Slot, result: Result) -> None:
+        if slot.done:
+            return  # a second terminal answer would break "exactly once"; ignore it
+        queue = self._sessions[slot.session_id]
+        if queue[0] is not slot:
+            if slot.held is None:
+                slot.held = []
+            slot.held.append(result)
+            if result.terminal:
+                slot.done = True
+            return
+        if result.terminal:
+            # Count the slot closed before emitting, so that the emitter sees
+            # open_slots == 0 on the last terminal result of the stream.
+            slot.done = True
+            self.open_slots -= 1
+            queue.popleft()
+        self._emit(slot.session_id, slot.seq_no, result)
+        if not result.terminal:
+            return
+        # Release the packets that were waiting behind this one.
+        while queue:
+            head = queue[0]
+            held, head.held = head.held, None
+            if head.done:
+                self.open_slots -= 1
+                queue.popleft()
+            for item in held or ():
+                self._emit(head.session_id, head.seq_no, item)
+            if not head.done:
+                break
+        if not queue:
+            self._sessions.pop(slot.session_id, None)

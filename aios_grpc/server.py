@@ -1,0 +1,203 @@
+"""``BlockServer`` (the asyncio server of one block instance) and ``Block`` (its runner).
+
+>>> # Block(MyBlock).run()          # serve on AIOS_HOST:AIOS_PORT until SIGTERM
+>>> # Block(MyBlock, port=0).run()  # settings can be overridden from code
+
+Start-up order: the gRPC server starts first and reports NOT_SERVING, the block's
+``__init__`` runs in a worker thread (a slow model load never blocks probes), then
+the scheduler starts and health turns SERVING. A failing ``__init__`` stops the
+server with the error. Shutdown (SIGTERM, SIGINT or ``stop()``) drains: health goes
+NOT_SERVING, no new streams are taken, in-flight packets are answered within
+``grace_period_s``; a second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+import grpc
+
+from aios_grpc._pb import SERVICE_NAME, pb_grpc
+from aios_grpc.block import BlockAdapter
+from aios_grpc.context import Context
+from aios_grpc.control import ControlPlane
+from aios_grpc.errors import ConfigurationError
+from aios_grpc.routing import Router
+from aios_grpc.scheduler import Scheduler
+from aios_grpc.service.health import HealthMonitor
+from aios_grpc.service.reflection import enable_reflection
+from aios_grpc.service.servicer import BlockServicer
+from aios_grpc.settings import Settings, load_settings
+from aios_grpc.telemetry import Telemetry
+
+log = logging.getLogger("aios_grpc.server")
+
+
+class BlockServer:
+    """One block instance served over gRPC on ``settings.address``."""
+
+    def __init__(
+        self,
+        block_class: type[Any],
+        settings: Settings | None = None,
+        *,
+        context: Context | None = None,
+        telemetry: Telemetry | None = None,
+        router: Router | None = None,
+    ) -> None:
+        if not isinstance(block_class, type):
+            raise ConfigurationError(f"Block needs a class, got {block_class!r}")
+        self.block_class = block_class
+        self.settings = settings or load_settings()
+        self.context = context or Context.from_settings(self.settings)
+        self.telemetry = telemetry or Telemetry()
+        self.router = router or Router()
+        self.health = HealthMonitor(self.settings.health_interval_s, self.settings.health_timeout_s)
+        self.servicer = BlockServicer(self.settings.stream_max_in_flight)
+        self.scheduler: Scheduler | None = None
+        self.control: ControlPlane | None = None
+        self.port = 0
+        self._server: grpc.aio.Server | None = None
+        self._stopped = asyncio.Event()
+        self._stopping: asyncio.Task[None] | None = None
+
+    @property
+    def address(self) -> str:
+        """``host:port`` actually bound (the real port when 0 was asked)."""
+        return f"{self.settings.host}:{self.port}"
+
+    async def start(self) -> None:
+        """Bind, start serving (NOT_SERVING), initialise the block, then report SERVING."""
+        limit = self.settings.max_message_bytes
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        self._server = server
+        pb_grpc.add_BlockServiceServicer_to_server(self.servicer, server)
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
+        enable_reflection(server, [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name])
+        try:
+            self.port = server.add_insecure_port(self.settings.address)
+        except RuntimeError as exc:
+            raise ConfigurationError(f"cannot bind {self.settings.address}: {exc}") from None
+        await self.health.start()
+        await server.start()
+        log.info("listening on %s (block %s, instance %s)", self.address,
+                 self.settings.block_id, self.settings.instance_id)
+        await self._init_block()
+
+    async def _init_block(self) -> None:
+        scheduler_pool = Scheduler.make_executor(self.settings)
+        loop = asyncio.get_running_loop()
+        instance = await loop.run_in_executor(scheduler_pool, self.block_class, self.context)
+        adapter = BlockAdapter(instance)
+        scheduler = Scheduler(
+            adapter, self.settings, telemetry=self.telemetry, router=self.router, executor=scheduler_pool
+        )
+        await scheduler.configure()
+        await scheduler.start()
+        ref = f"{self.block_class.__module__}:{self.block_class.__qualname__}"
+        control = ControlPlane(adapter, scheduler, self.context.block_init_parameters, ref)
+        self.scheduler = scheduler
+        self.control = control
+        self.servicer.attach(scheduler, control)
+        await self.health.block_ready(adapter, scheduler)
+        log.info("block %s is ready", ref)
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Drain and stop (idempotent); waits at most ``grace_s`` (default: settings)."""
+        if self._stopping is None:
+            self._stopping = asyncio.create_task(self._stop(grace_s))
+        await asyncio.shield(self._stopping)
+
+    async def _stop(self, grace_s: float | None) -> None:
+        grace = self.settings.grace_period_s if grace_s is None else grace_s
+        log.info("draining (grace period %.1fs)", grace)
+        await self.health.drain()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        server_stop = None
+        if self._server is not None:
+            # grpc refuses new RPCs from now on and cancels the open ones after `grace`.
+            server_stop = asyncio.create_task(self._server.stop(grace))
+        if self.scheduler is not None:
+            left = await self.scheduler.drain(max(0.0, deadline - loop.time()))
+            if left:
+                log.warning("%d packets still in flight after the grace period", left)
+        if server_stop is not None:
+            await server_stop
+        if self.scheduler is not None:
+            await self.scheduler.stop()
+        self._stopped.set()
+        log.info("stopped")
+
+    async def wait(self) -> None:
+        """Wait until the server stopped."""
+        await self._stopped.wait()
+
+
+class Block:
+    """Serve a block class: ``Block(MyBlock).run()``.
+
+    Keyword arguments override settings from the environment, e.g.
+    ``Block(MyBlock, port=50052, workers=8)``.
+    """
+
+    def __init__(self, block_class: type[Any], **settings: Any) -> None:
+        self.block_class = block_class
+        self.settings = load_settings(**settings)
+        self.server: BlockServer | None = None
+
+    def run(self) -> None:
+        """Serve until SIGTERM or SIGINT, then drain and return."""
+        configure_logging(self.settings.log_level)
+        asyncio.run(self.serve())
+
+    async def serve(self) -> None:
+        """The coroutine behind ``run()``, for callers that own the event loop."""
+        server = self.server = BlockServer(self.block_class, self.settings)
+        loop = asyncio.get_running_loop()
+        signals = 0
+
+        def on_signal(signum: int) -> None:
+            nonlocal signals
+            signals += 1
+            if signals > 1:
+                log.warning("second %s: exiting now", signal.Signals(signum).name)
+                os._exit(1)
+            log.info("%s received", signal.Signals(signum).name)
+            asyncio.ensure_future(server.stop())
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal, sig)
+        try:
+            await server.start()
+        except Exception:
+            await server.stop(0)
+            raise
+        await server.wait()
+
+
+def configure_logging(level: str) -> None:
+    """One line per record on stderr for the ``aios_grpc`` loggers."""
+    logger = logging.getLogger("aios_grpc")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+
+
+__all__ = ["Block", "BlockServer", "configure_logging"]

@@ -1,0 +1,1 @@
+"""gRPC transport: the BlockService servicer, health and reflection."""
