@@ -96,4 +96,67 @@ def _parse(output: Any) -> Any:
     return json.loads(output) if isinstance(output, str) else json.loads(json.dumps(output))
 
 
-__all__ = ["BlockTester", "TestContext"]
+__all__ = ["BlockTester", "ServedBlock", "TestContext", "serve_block"]
+
+
+class ServedBlock:
+    """A block served by a real ``BlockServer`` on its own event loop thread.
+
+    ``address`` is ``127.0.0.1:<port>``; ``call(coro)`` runs a coroutine on the
+    server's loop (to inspect or change the server from a test).
+    """
+
+    __test__ = False
+
+    def __init__(self, block_class: type[Any], settings: Any, **server_kwargs: Any) -> None:
+        import threading
+
+        from aios_grpc.server import BlockServer
+
+        self.server = BlockServer(block_class, settings, **server_kwargs)
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="aios-test-server", daemon=True)
+        self._thread.start()
+        try:
+            self.call(self.server.start())
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def address(self) -> str:
+        """Where the server listens."""
+        return f"127.0.0.1:{self.server.port}"
+
+    def call(self, coro: Any, timeout: float = 60.0) -> Any:
+        """Run ``coro`` on the server's loop and return its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self, grace_s: float = 1.0) -> None:
+        """Drain and stop the server, then its loop."""
+        if self.loop.is_running():
+            try:
+                self.call(self.server.stop(grace_s))
+            finally:
+                self.loop.call_soon_threadsafe(self.loop.stop)
+                self._thread.join(10)
+        self.loop.close()
+
+    def __enter__(self) -> ServedBlock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def serve_block(block_class: type[Any], **settings: Any) -> ServedBlock:
+    """Serve ``block_class`` on 127.0.0.1 port 0 in this process (for tests).
+
+    >>> with serve_block(MyBlock, workers=2) as served:   # doctest: +SKIP
+    ...     BlockClient(served.address).run({"value": 1})
+    """
+    from aios_grpc.settings import load_settings
+
+    settings.setdefault("host", "127.0.0.1")
+    settings.setdefault("port", 0)
+    return ServedBlock(block_class, load_settings(**settings))

@@ -1,0 +1,156 @@
+"""``AsyncBlockClient``: the asyncio client."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+from typing import Any
+
+import grpc
+from aios.block.v1 import block_pb2_grpc as pb_grpc
+from google.protobuf import json_format
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from aios_grpc_client._client import _channel_options, _struct
+from aios_grpc_client._types import PacketLike, Result, make_packet, pb, requests_of, results_of, to_packets
+
+_CLOSE = object()
+
+
+class AsyncBlockClient:
+    """An asyncio client for one block instance at ``target`` (``host:port``)."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        channel: grpc.aio.Channel | None = None,
+        metadata: list[tuple[str, str]] | None = None,
+        max_message_bytes: int = 16 * 1024 * 1024,
+    ) -> None:
+        self.target = target
+        self.channel = channel or grpc.aio.insecure_channel(target, options=_channel_options(max_message_bytes))
+        self.metadata = metadata or []
+        self._stub = pb_grpc.BlockServiceStub(self.channel)
+        self._health = health_pb2_grpc.HealthStub(self.channel)
+
+    async def __aenter__(self) -> AsyncBlockClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the channel."""
+        await self.channel.close()
+
+    async def process(
+        self,
+        packets: Iterable[PacketLike] | AsyncIterable[PacketLike],
+        *,
+        session_id: str = "session",
+        first_seq_no: int = 1,
+        coalesce: int = 0,
+        timeout: float | None = None,
+    ) -> AsyncIterator[Result]:
+        """Send ``packets`` on one Process stream; yield every result as it comes."""
+        if isinstance(packets, AsyncIterable):
+            requests: Any = self._async_requests(packets, session_id, first_seq_no, coalesce)
+        else:
+            requests = requests_of(to_packets(packets, session_id, first_seq_no), coalesce)
+        call = self._stub.Process(requests, timeout=timeout, metadata=self.metadata)
+        async for response in call:
+            for result in results_of(response):
+                yield result
+
+    @staticmethod
+    async def _async_requests(
+        packets: AsyncIterable[PacketLike], session_id: str, first_seq_no: int, coalesce: int
+    ) -> AsyncIterator[pb.ProcessRequest]:
+        seq = first_seq_no
+        group: list[pb.Packet] = []
+        async for item in packets:
+            packet = item if isinstance(item, pb.Packet) else make_packet(item, session_id=session_id, seq_no=seq)
+            seq += 1
+            if coalesce <= 1:
+                yield pb.ProcessRequest(packet=packet)
+                continue
+            group.append(packet)
+            if len(group) >= coalesce:
+                yield pb.ProcessRequest(packets=group)
+                group = []
+        if group:
+            yield pb.ProcessRequest(packets=group)
+
+    async def run(self, data: Any, *, session_id: str = "session", seq_no: int = 1, timeout: float | None = None) -> Result:
+        """Process one input and return its terminal result."""
+        async for result in self.process([data], session_id=session_id, first_seq_no=seq_no, timeout=timeout):
+            if result.terminal:
+                return result
+        raise RuntimeError("stream ended without a terminal result")
+
+    def stream(self, *, timeout: float | None = None) -> AsyncProcessStream:
+        """An open Process stream to ``send`` packets on and read ``results`` from."""
+        return AsyncProcessStream(self._stub, self.metadata, timeout)
+
+    async def set_parameters(self, parameters: Mapping[str, Any], *, timeout: float | None = None) -> dict[str, Any]:
+        """Apply parameters; returns ``{"applied": {...}, "parameters": {...}}``."""
+        request = pb.SetParametersRequest(parameters=_struct(parameters, "parameters"))
+        response = await self._stub.SetParameters(request, timeout=timeout, metadata=self.metadata)
+        return json_format.MessageToDict(response)
+
+    async def management(self, action: str, data: Mapping[str, Any] | None = None, *, timeout: float | None = None) -> Any:
+        """Run a management action; returns what the block returned."""
+        request = pb.ManagementRequest(action=action, data=_struct(data or {}, "data"))
+        response = await self._stub.Management(request, timeout=timeout, metadata=self.metadata)
+        return json_format.MessageToDict(response).get("result")
+
+    async def get_info(self, *, timeout: float | None = None) -> dict[str, Any]:
+        """Block id, instance id, SDK version, muxer and batcher settings, parameters."""
+        response = await self._stub.GetInfo(pb.GetInfoRequest(), timeout=timeout, metadata=self.metadata)
+        return json_format.MessageToDict(response, preserving_proto_field_name=True)
+
+    async def health(self, service: str = "", *, timeout: float | None = 5.0) -> str:
+        """The health status name (``"SERVING"``, ``"NOT_SERVING"``, ...)."""
+        response = await self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+
+class AsyncProcessStream:
+    """An open Process stream: ``await send(...)``, iterate ``results()``, then ``close``."""
+
+    def __init__(self, stub: pb_grpc.BlockServiceStub, metadata: list[tuple[str, str]], timeout: float | None) -> None:
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._call = stub.Process(self._requests(), timeout=timeout, metadata=metadata)
+        self._closed = False
+
+    async def _requests(self) -> AsyncIterator[pb.ProcessRequest]:
+        while True:
+            item = await self._queue.get()
+            if item is _CLOSE:
+                return
+            yield item
+
+    async def send(self, packet: pb.Packet | list[pb.Packet]) -> None:
+        """Send one packet, or several in one request message."""
+        if self._closed:
+            raise RuntimeError("stream is closed for sending")
+        request = pb.ProcessRequest(packets=packet) if isinstance(packet, list) else pb.ProcessRequest(packet=packet)
+        await self._queue.put(request)
+
+    async def close(self) -> None:
+        """Half-close: results keep coming until every packet is answered."""
+        if not self._closed:
+            self._closed = True
+            await self._queue.put(_CLOSE)
+
+    def cancel(self) -> None:
+        """Abandon the stream."""
+        self._closed = True
+        self._call.cancel()
+
+    async def results(self) -> AsyncIterator[Result]:
+        """Results as they arrive, until the server ends the stream."""
+        async for response in self._call:
+            for result in results_of(response):
+                yield result

@@ -1,0 +1,174 @@
+"""``BlockClient``: the blocking client."""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import grpc
+from aios.block.v1 import block_pb2_grpc as pb_grpc
+from google.protobuf import json_format, struct_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from aios_grpc_client._types import PacketLike, Result, pb, requests_of, results_of, to_packets
+
+_CLOSE = object()
+
+
+def _struct(value: Mapping[str, Any], what: str) -> struct_pb2.Struct:
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{what} must be a dict (a JSON object), got {type(value).__name__}")
+    msg = struct_pb2.Struct()
+    msg.update(json.loads(json.dumps(dict(value))))
+    return msg
+
+
+def _channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+    ]
+
+
+class BlockClient:
+    """A blocking client for one block instance at ``target`` (``host:port``).
+
+    ``metadata`` (e.g. ``[("authorization", "Bearer ...")]``) is sent with every call.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        channel: grpc.Channel | None = None,
+        metadata: list[tuple[str, str]] | None = None,
+        max_message_bytes: int = 16 * 1024 * 1024,
+    ) -> None:
+        self.target = target
+        self.channel = channel or grpc.insecure_channel(target, options=_channel_options(max_message_bytes))
+        self.metadata = metadata or []
+        self._stub = pb_grpc.BlockServiceStub(self.channel)
+        self._health = health_pb2_grpc.HealthStub(self.channel)
+
+    def __enter__(self) -> BlockClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the channel."""
+        self.channel.close()
+
+    def process(
+        self,
+        packets: Iterable[PacketLike],
+        *,
+        session_id: str = "session",
+        first_seq_no: int = 1,
+        coalesce: int = 0,
+        timeout: float | None = None,
+    ) -> Iterator[Result]:
+        """Send ``packets`` on one Process stream; yield every result as it comes.
+
+        Items may be ``Packet`` messages or JSON-able values (sent with ``session_id``
+        and seq_no counting from ``first_seq_no``). ``coalesce=N`` sends up to N packets
+        per request message, which raises throughput for small packets.
+        """
+        requests = requests_of(to_packets(packets, session_id, first_seq_no), coalesce)
+        responses = self._stub.Process(requests, timeout=timeout, metadata=self.metadata)
+        for response in responses:
+            yield from results_of(response)
+
+    def run(self, data: Any, *, session_id: str = "session", seq_no: int = 1, timeout: float | None = None) -> Result:
+        """Process one input and return its terminal result."""
+        for result in self.process([data], session_id=session_id, first_seq_no=seq_no, timeout=timeout):
+            if result.terminal:
+                return result
+        raise RuntimeError("stream ended without a terminal result")
+
+    def stream(self, *, timeout: float | None = None) -> ProcessStream:
+        """An open Process stream to ``send`` packets on and read ``results`` from."""
+        return ProcessStream(self._stub, self.metadata, timeout)
+
+    def set_parameters(self, parameters: Mapping[str, Any], *, timeout: float | None = None) -> dict[str, Any]:
+        """Apply parameters; returns ``{"applied": {...}, "parameters": {...}}``."""
+        request = pb.SetParametersRequest(parameters=_struct(parameters, "parameters"))
+        response = self._stub.SetParameters(request, timeout=timeout, metadata=self.metadata)
+        return json_format.MessageToDict(response)
+
+    def management(self, action: str, data: Mapping[str, Any] | None = None, *, timeout: float | None = None) -> Any:
+        """Run a management action; returns what the block returned."""
+        request = pb.ManagementRequest(action=action, data=_struct(data or {}, "data"))
+        response = self._stub.Management(request, timeout=timeout, metadata=self.metadata)
+        return json_format.MessageToDict(response).get("result")
+
+    def get_info(self, *, timeout: float | None = None) -> dict[str, Any]:
+        """Block id, instance id, SDK version, muxer and batcher settings, parameters."""
+        response = self._stub.GetInfo(pb.GetInfoRequest(), timeout=timeout, metadata=self.metadata)
+        return json_format.MessageToDict(response, preserving_proto_field_name=True)
+
+    def health(self, service: str = "", *, timeout: float | None = 5.0) -> str:
+        """The health status name (``"SERVING"``, ``"NOT_SERVING"``, ...)."""
+        response = self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+    def wait_until_serving(self, timeout: float = 30.0, service: str = "") -> None:
+        """Block until health is SERVING; TimeoutError after ``timeout`` seconds."""
+        import time
+
+        end = time.monotonic() + timeout
+        last = "no answer"
+        while time.monotonic() < end:
+            try:
+                last = self.health(service, timeout=max(0.1, min(2.0, end - time.monotonic())))
+                if last == "SERVING":
+                    return
+            except grpc.RpcError as exc:
+                last = f"{exc.code().name}: {exc.details()}"
+            time.sleep(0.05)
+        raise TimeoutError(f"{self.target} not SERVING after {timeout}s (last: {last})")
+
+
+class ProcessStream:
+    """An open Process stream: ``send`` packets, iterate ``results()``, then ``close``."""
+
+    def __init__(self, stub: pb_grpc.BlockServiceStub, metadata: list[tuple[str, str]], timeout: float | None) -> None:
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._closed = threading.Event()
+        self._responses = stub.Process(self._requests(), timeout=timeout, metadata=metadata)
+
+    def _requests(self) -> Iterator[pb.ProcessRequest]:
+        while True:
+            item = self._queue.get()
+            if item is _CLOSE:
+                return
+            yield item
+
+    def send(self, packet: pb.Packet | list[pb.Packet]) -> None:
+        """Send one packet, or several in one request message."""
+        if self._closed.is_set():
+            raise RuntimeError("stream is closed for sending")
+        if isinstance(packet, list):
+            self._queue.put(pb.ProcessRequest(packets=packet))
+        else:
+            self._queue.put(pb.ProcessRequest(packet=packet))
+
+    def close(self) -> None:
+        """Half-close: no more packets; results keep coming until every packet is answered."""
+        if not self._closed.is_set():
+            self._closed.set()
+            self._queue.put(_CLOSE)
+
+    def cancel(self) -> None:
+        """Abandon the stream."""
+        self.close()
+        self._responses.cancel()
+
+    def results(self) -> Iterator[Result]:
+        """Results as they arrive, until the server ends the stream."""
+        for response in self._responses:
+            yield from results_of(response)

@@ -1,0 +1,1 @@
+"""Block classes used by the tests (importable by server subprocesses too)."""
