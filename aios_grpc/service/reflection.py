@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha._async import ReflectionServicer
 from aios_grpc._pb import PROTO_FILE, descriptor_set_bytes
 
 
-class _CommentedReflection(ReflectionServicer):
+class _CommentedReflection(ReflectionServicer):  # type: ignore[misc]
     def __init__(self, service_names: list[str]) -> None:
         super().__init__(service_names)
         files = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set_bytes())
