@@ -11,11 +11,13 @@ variable's name in the message. ``docs/configuration.md`` is the reference table
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from typing import Any
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
 
 from aios_grpc.errors import ConfigurationError
 
@@ -96,6 +98,78 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", validation_alias=_env("LOG_LEVEL"))
     """Logging level of the ``aios_grpc`` logger."""
 
+    # Scheduler: muxing, batching, loop watchdog
+    mux_timeout_s: float = Field(30.0, gt=0, validation_alias=_env("MUX_TIMEOUT_S"))
+    """Seconds an incomplete muxer group waits before its members are answered DEADLINE_EXCEEDED."""
+    mux_max_open_groups: int = Field(1024, ge=1, validation_alias=_env("MUX_MAX_OPEN_GROUPS"))
+    """Incomplete muxer groups allowed at once; a packet opening one more gets RESOURCE_EXHAUSTED."""
+    max_concurrent_batches: int = Field(1, ge=1, validation_alias=_env("MAX_CONCURRENT_BATCHES"))
+    """``on_batch`` calls that may run at once (changeable at run time: action ``aios.batcher``)."""
+    loop_block_threshold_s: float = Field(0.25, ge=0, validation_alias=_env("LOOP_BLOCK_THRESHOLD_S"))
+    """Event-loop stall that the watchdog reports (once per call site, with the frame); 0: off."""
+
+    # Routing (output_ptr targets)
+    route_allow: list[str] = Field(default_factory=list, validation_alias=_env("ROUTE_ALLOW"))
+    """``host:port`` glob patterns (JSON list) of routing targets; empty allows none."""
+    route_allow_queues: list[str] = Field(
+        default_factory=lambda: ["*"], validation_alias=_env("ROUTE_ALLOW_QUEUES")
+    )
+    """Glob patterns (JSON list) of Redis queue names that outputs may be pushed to."""
+    route_retry_timeout_s: float = Field(10.0, gt=0, validation_alias=_env("ROUTE_RETRY_TIMEOUT_S"))
+    """Seconds a down target is retried before the input is answered UNAVAILABLE."""
+    route_answer_timeout_s: float = Field(60.0, gt=0, validation_alias=_env("ROUTE_ANSWER_TIMEOUT_S"))
+    """Further seconds a connected gRPC target may take to answer an output."""
+    route_backoff_initial_s: float = Field(0.05, gt=0, validation_alias=_env("ROUTE_BACKOFF_INITIAL_S"))
+    """First retry delay for a down target (doubles per failure, with jitter)."""
+    route_backoff_max_s: float = Field(2.0, gt=0, validation_alias=_env("ROUTE_BACKOFF_MAX_S"))
+    """Cap of the retry delay for a down target."""
+
+    # Redis (all optional: without AIOS_REDIS_URL everything stays in memory)
+    redis_url: str = Field("", validation_alias=_env("REDIS_URL"))
+    """Redis for sessions, state, events, side-cars and parameter broadcast (``redis://host:port/db``)."""
+    redis_key_prefix: str = Field("aios", validation_alias=_env("REDIS_KEY_PREFIX"))
+    """Prefix of the Redis keys of session and state data."""
+    redis_session_ttl_s: float = Field(0.0, ge=0, validation_alias=_env("REDIS_SESSION_TTL_S"))
+    """Default TTL of a session's state in seconds after its last write (0: none)."""
+    redis_ingress_stream: str = Field("", validation_alias=_env("REDIS_INGRESS_STREAM"))
+    """Redis Stream to consume packets from (consumer group = block id); empty: none."""
+    redis_ingress_list: str = Field("", validation_alias=_env("REDIS_INGRESS_LIST"))
+    """Redis list to consume packets from (the original executor's queue); empty: none."""
+    redis_results_stream: str = Field("", validation_alias=_env("REDIS_RESULTS_STREAM"))
+    """Stream where Redis-ingress packets with an empty ``output_ptr`` get their outputs; empty: none."""
+    redis_batch: int = Field(100, ge=1, le=10000, validation_alias=_env("REDIS_BATCH"))
+    """Entries one XREADGROUP reads at most."""
+    redis_block_ms: int = Field(1000, ge=1, validation_alias=_env("REDIS_BLOCK_MS"))
+    """Milliseconds a read waits for new entries."""
+    redis_claim_idle_s: float = Field(30.0, gt=0, validation_alias=_env("REDIS_CLAIM_IDLE_S"))
+    """Entries pending this long on another consumer (a dead instance) are claimed."""
+    redis_max_deliveries: int = Field(5, ge=1, validation_alias=_env("REDIS_MAX_DELIVERIES"))
+    """Deliveries after which an entry goes to the dead-letter stream."""
+    redis_dead_letter_stream: str = Field("", validation_alias=_env("REDIS_DEAD_LETTER_STREAM"))
+    """Dead-letter stream (default: ``<ingress stream>:dead`` or ``<ingress list>:dead``)."""
+    redis_events_queue: str = Field("EVENTS_QUEUE", validation_alias=_env("REDIS_EVENTS_QUEUE"))
+    """List that ``BlockEvents.push_event`` pushes to."""
+    redis_parameter_updates: str = Field(
+        "PARAMETER_UPDATES", validation_alias=_env("REDIS_PARAMETER_UPDATES")
+    )
+    """List of parameter updates (JSON objects) applied and broadcast to every instance; empty: off."""
+    redis_broadcast_parameters: bool = Field(True, validation_alias=_env("REDIS_BROADCAST_PARAMETERS"))
+    """Whether SetParameters on one instance is applied on every instance of the block."""
+    sidecars: dict[str, Any] = Field(default_factory=dict, validation_alias=_env("SIDECARS", "SIDECARS"))
+    """Side-cars (JSON object): name -> ``{"redis_url": ...}`` or ``{"external": false}`` (cluster DNS name)."""
+
+    # Observability: metrics, traces, health watchdog, heartbeats
+    metrics_port: int = Field(9464, ge=-1, le=65535, validation_alias=_env("METRICS_PORT"))
+    """Port of the Prometheus endpoint (``GET /metrics``, on AIOS_HOST); 0 picks a free one; -1: off."""
+    tracing: str = Field("auto", validation_alias=_env("TRACING"))
+    """Traces: ``auto`` (on when OTEL_TRACES_EXPORTER or OTEL_EXPORTER_OTLP_ENDPOINT is set), ``on``, ``off``."""
+    health_stall_s: float = Field(60.0, ge=0, validation_alias=_env("HEALTH_STALL_S"))
+    """Packets in flight but none answered for this long turns health NOT_SERVING; 0: off."""
+    heartbeat_interval_s: float = Field(10.0, gt=0, validation_alias=_env("HEARTBEAT_INTERVAL_S"))
+    """Seconds between the heartbeats an instance publishes to Redis (when AIOS_REDIS_URL is set)."""
+    heartbeat_prefix: str = Field("aios:blockhealth", validation_alias=_env("HEARTBEAT_PREFIX"))
+    """Prefix of the Redis keys of heartbeats (the aggregator reads the same prefix)."""
+
     @field_validator("log_level")
     @classmethod
     def _level(cls, value: str) -> str:
@@ -103,6 +177,14 @@ class Settings(BaseSettings):
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ValueError(f"unknown log level {value!r}")
         return level
+
+    @field_validator("tracing")
+    @classmethod
+    def _tracing(cls, value: str) -> str:
+        mode = value.strip().lower()
+        if mode not in {"auto", "on", "off"}:
+            raise ValueError(f"tracing must be auto, on or off, not {value!r}")
+        return mode
 
     @property
     def address(self) -> str:
@@ -127,6 +209,28 @@ def load_settings(**overrides: Any) -> Settings:
             shown = os.environ.get(env, err.get("input"))
             problems.append(f"{env}={shown!r}: {err['msg']}")
         raise ConfigurationError("invalid settings: " + "; ".join(problems)) from None
+    except SettingsError as exc:
+        # pydantic-settings fails before validation when a JSON-typed variable (a dict
+        # or list field) does not parse; its message names the field, not the variable.
+        found = re.search(r'field "(\w+)"', str(exc))
+        field = found.group(1) if found else ""
+        env = _set_variable(field) if field else ""
+        shown = f"={os.environ[env]!r}" if env in os.environ else ""
+        reason = f": {exc.__cause__}" if exc.__cause__ else ""
+        raise ConfigurationError(
+            f"invalid settings: {env or field or 'environment'}{shown}: not valid JSON{reason}"
+        ) from None
+
+
+def _set_variable(field: str) -> str:
+    """The environment variable that set ``field`` (its AIOS_ name when none is set)."""
+    info = Settings.model_fields.get(field)
+    alias = info.validation_alias if info is not None else None
+    names = [c for c in alias.choices if isinstance(c, str)] if isinstance(alias, AliasChoices) else []
+    for name in names:
+        if name.isupper() and name in os.environ:
+            return name
+    return f"AIOS_{field.upper()}"
 
 
 __all__ = ["Settings", "load_settings"]
