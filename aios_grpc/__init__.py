@@ -35,8 +35,8 @@ from aios_grpc.errors import (
     PreprocessRejected,
     ProcessingFailed,
     ResourceExhausted,
-    UnknownAction,
     Unavailable,
+    UnknownAction,
 )
 from aios_grpc.events import BlockEvents, BlockSideCars
 from aios_grpc.metrics import AIOSMetrics

@@ -141,7 +141,7 @@ __all__ = [
     "PreprocessRejected",
     "ProcessingFailed",
     "ResourceExhausted",
-    "UnknownAction",
     "Unavailable",
+    "UnknownAction",
     "status_of",
 ]

@@ -51,7 +51,7 @@ class AIOSPacket:
             return json.loads(self.data) if self.data else {}
         return self.data
 
-    def SerializeToString(self) -> bytes:  # noqa: N802 - protobuf's name, for side-car pushes
+    def SerializeToString(self) -> bytes:
         """The packet as protobuf bytes (``aios.block.v1.Packet``, wire-compatible with AIOSPacket)."""
         from aios_grpc.converters import packet_to_proto
 

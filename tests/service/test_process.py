@@ -6,8 +6,8 @@ import threading
 
 import grpc
 import pytest
-
 from aios_grpc_client import BlockClient, make_packet
+
 from tests.blocks.basic import AsyncBlock, EchoBlock, StreamingBlock
 
 
