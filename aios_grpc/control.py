@@ -17,6 +17,7 @@ from aios_grpc.errors import ParametersRejected, UnknownAction
 from aios_grpc.scheduler import Scheduler
 
 ActionHandler = Callable[[dict[str, Any]], Coroutine[Any, Any, Any]]
+Broadcast = Callable[[dict[str, Any]], Coroutine[Any, Any, None]]
 
 
 class ControlPlane:
@@ -32,6 +33,10 @@ class ControlPlane:
         self._lock = asyncio.Lock()
         # Actions under "aios." are the SDK's own; other parts of the runtime add theirs.
         self.actions: dict[str, ActionHandler] = {"aios.info": self._info_action}
+        # Batch size, time limit and concurrency change without a restart.
+        self.actions["aios.batcher"] = scheduler.configure_batching
+        # Set when Redis is configured: tells the block's other instances what was applied.
+        self.broadcast: Broadcast | None = None
 
     async def _call(self, name: str, *args: Any) -> Any:
         method = self.block.methods[name]
@@ -39,8 +44,13 @@ class ControlPlane:
             return await method(*args)
         return await self.scheduler.to_thread(method, *args)
 
-    async def set_parameters(self, params: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Apply ``params`` through ``on_update``; returns (applied, all current parameters)."""
+    async def set_parameters(
+        self, params: Any, *, broadcast: bool = True
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Apply ``params`` through ``on_update``; returns (applied, all current parameters).
+
+        With ``broadcast`` (and Redis configured) the other instances apply them too.
+        """
         if not isinstance(params, dict):
             raise ParametersRejected(
                 f"parameters must be a JSON object, got {type(params).__name__}"
@@ -67,7 +77,10 @@ class ControlPlane:
                         f"on_update must return (True, dict), got (True, {applied!r:.120})"
                     )
             self.parameters.update(applied)
-            return dict(applied), copy.deepcopy(self.parameters)
+            current = copy.deepcopy(self.parameters)
+        if broadcast and self.broadcast is not None:
+            await self.broadcast(dict(params))
+        return dict(applied), current
 
     async def management(self, action: str, data: dict[str, Any]) -> Any:
         """Run ``action``: an SDK action (``aios.*``) or the block's ``management``."""

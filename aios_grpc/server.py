@@ -18,22 +18,24 @@ import logging
 import os
 import signal
 import sys
+import threading
 from typing import Any
 
 import grpc
 
 from aios_grpc._pb import SERVICE_NAME, pb_grpc
+from aios_grpc.adapters.redis_runtime import RedisRuntime
 from aios_grpc.block import BlockAdapter
 from aios_grpc.context import Context
 from aios_grpc.control import ControlPlane
 from aios_grpc.errors import ConfigurationError
-from aios_grpc.routing import Router
+from aios_grpc.routing import GraphRouter, Router
 from aios_grpc.scheduler import Scheduler
 from aios_grpc.service.health import HealthMonitor
 from aios_grpc.service.reflection import enable_reflection
 from aios_grpc.service.servicer import BlockServicer
 from aios_grpc.settings import Settings, load_settings
-from aios_grpc.telemetry import Telemetry
+from aios_grpc.telemetry import Telemetry, make_telemetry
 
 log = logging.getLogger("aios_grpc.server")
 
@@ -55,10 +57,15 @@ class BlockServer:
         self.block_class = block_class
         self.settings = settings or load_settings()
         self.context = context or Context.from_settings(self.settings)
-        self.telemetry = telemetry or Telemetry()
-        self.router = router or Router()
-        self.health = HealthMonitor(self.settings.health_interval_s, self.settings.health_timeout_s)
+        self.telemetry = telemetry or make_telemetry(self.settings)
+        # Routes by output_ptr; a packet with an empty pointer takes the fast path to the caller.
+        self.router: Router = router or GraphRouter.from_settings(self.settings)
+        self.redis = RedisRuntime(self.settings) if RedisRuntime.wanted(self.settings) else None
+        self.health = HealthMonitor(
+            self.settings.health_interval_s, self.settings.health_timeout_s, stall_s=self.settings.health_stall_s
+        )
         self.servicer = BlockServicer(self.settings.stream_max_in_flight)
+        self.telemetry.bind(self)
         self.scheduler: Scheduler | None = None
         self.control: ControlPlane | None = None
         self.port = 0
@@ -91,6 +98,7 @@ class BlockServer:
             self.port = server.add_insecure_port(self.settings.address)
         except RuntimeError as exc:
             raise ConfigurationError(f"cannot bind {self.settings.address}: {exc}") from None
+        await self.telemetry.start()
         await self.health.start()
         await server.start()
         log.info("listening on %s (block %s, instance %s)", self.address,
@@ -102,6 +110,7 @@ class BlockServer:
         loop = asyncio.get_running_loop()
         instance = await loop.run_in_executor(scheduler_pool, self.block_class, self.context)
         adapter = BlockAdapter(instance)
+        self.telemetry.instrument(adapter)
         scheduler = Scheduler(
             adapter, self.settings, telemetry=self.telemetry, router=self.router, executor=scheduler_pool
         )
@@ -111,6 +120,8 @@ class BlockServer:
         control = ControlPlane(adapter, scheduler, self.context.block_init_parameters, ref)
         self.scheduler = scheduler
         self.control = control
+        if self.redis is not None:
+            await self.redis.start(scheduler, control)
         self.servicer.attach(scheduler, control)
         await self.health.block_ready(adapter, scheduler)
         log.info("block %s is ready", ref)
@@ -131,14 +142,23 @@ class BlockServer:
         if self._server is not None:
             # grpc refuses new RPCs from now on and cancels the open ones after `grace`.
             server_stop = asyncio.create_task(self._server.stop(grace))
+        if self.redis is not None:
+            # Stop taking Redis entries first; those in flight are acknowledged as they finish.
+            await self.redis.drain(max(0.0, deadline - loop.time()))
         if self.scheduler is not None:
             left = await self.scheduler.drain(max(0.0, deadline - loop.time()))
             if left:
                 log.warning("%d packets still in flight after the grace period", left)
+        # Every packet read so far is answered (or the grace period is over): end the open
+        # streams cleanly instead of letting grpc cancel them at the end of the grace period.
+        self.servicer.end_streams()
         if server_stop is not None:
             await server_stop
         if self.scheduler is not None:
             await self.scheduler.stop()
+        if self.redis is not None:
+            await self.redis.close()
+        await self.telemetry.stop()
         self._stopped.set()
         log.info("stopped")
 
@@ -163,12 +183,22 @@ class Block:
         """Serve until SIGTERM or SIGINT, then drain and return."""
         configure_logging(self.settings.log_level)
         asyncio.run(self.serve())
+        # A block call still running past the grace period must not hold the exit: the
+        # interpreter would otherwise wait for its worker thread at shutdown.
+        busy = [t for t in threading.enumerate() if t.name.startswith("aios-block") and t.is_alive()]
+        for thread in busy:
+            thread.join(0.2)
+        if any(t.is_alive() for t in busy):
+            log.warning("block code still running after the grace period; exiting without waiting for it")
+            logging.shutdown()
+            os._exit(0)
 
     async def serve(self) -> None:
         """The coroutine behind ``run()``, for callers that own the event loop."""
         server = self.server = BlockServer(self.block_class, self.settings)
         loop = asyncio.get_running_loop()
         signals = 0
+        stopping: list[asyncio.Future[None]] = []  # keeps the drain task referenced
 
         def on_signal(signum: int) -> None:
             nonlocal signals
@@ -177,7 +207,7 @@ class Block:
                 log.warning("second %s: exiting now", signal.Signals(signum).name)
                 os._exit(1)
             log.info("%s received", signal.Signals(signum).name)
-            asyncio.ensure_future(server.stop())
+            stopping.append(asyncio.ensure_future(server.stop()))
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal, sig)

@@ -16,6 +16,7 @@ Each job gets exactly one terminal result through ``job.reply``; partial outputs
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import threading
@@ -29,7 +30,10 @@ from aios_grpc.errors import BlockCodeError, DeadlineExceeded, PacketError, Reso
 from aios_grpc.muxing import Batcher, Muxer
 from aios_grpc.packet import AIOSPacket, OnDataResult
 from aios_grpc.routing import Router
+from aios_grpc.scheduler.batcher import BatchStage
 from aios_grpc.scheduler.job import Job, Kind, Result
+from aios_grpc.scheduler.muxer import MuxStage
+from aios_grpc.scheduler.watchdog import LoopWatchdog
 from aios_grpc.settings import Settings
 from aios_grpc.telemetry import Telemetry
 
@@ -59,6 +63,9 @@ class Scheduler:
         self.executor = executor or self.make_executor(settings)
         self.muxer: Muxer | None = None
         self.batcher: Batcher | None = None
+        self.mux_stage: MuxStage | None = None
+        self.batch_stage: BatchStage | None = None
+        self.watchdog = LoopWatchdog(settings.loop_block_threshold_s, self._on_loop_lag)
         self.in_flight = 0
         self.accepting = True
         self.completed = 0
@@ -81,20 +88,50 @@ class Scheduler:
         """Read the block's muxer and batcher (``get_muxer``, ``get_batcher``) once."""
         self.muxer = await self.to_thread(self.block.muxer)
         self.batcher = await self.to_thread(self.block.batcher)
+        if self.batcher is None and self.block.has("on_batch") and not self.block.has("on_data"):
+            # on_batch alone: batches close at max_chunk or whenever the queue runs dry.
+            self.batcher = Batcher(self.settings.max_chunk)
 
     def muxer_info(self) -> dict[str, Any]:
         """Muxer settings as GetInfo reports them."""
+        if self.mux_stage is not None:
+            return self.mux_stage.info()
         if self.muxer is None:
             return {"n": 0}
-        return {"n": self.muxer.N, "timeout_s": self.muxer.timeout_s or 0.0,
-                "max_open_groups": self.muxer.max_open_groups or 0}
+        return {"n": self.muxer.N, "timeout_s": self.muxer.timeout_s or self.settings.mux_timeout_s,
+                "max_open_groups": self.muxer.max_open_groups or self.settings.mux_max_open_groups}
 
     def batcher_info(self) -> dict[str, Any]:
         """Batcher settings as GetInfo reports them."""
+        if self.batch_stage is not None:
+            return self.batch_stage.info()
         if self.batcher is None:
             return {"kind": "none"}
         return {"kind": self.batcher.kind, "n": self.batcher.N, "t": self.batcher.T,
-                "max_concurrent_batches": 1}
+                "max_concurrent_batches": self.settings.max_concurrent_batches}
+
+    async def configure_batching(self, data: dict[str, Any]) -> dict[str, Any]:
+        """The ``aios.batcher`` management action: change n, t, max_concurrent_batches at run time.
+
+        ``data`` holds any of ``n``, ``t`` and ``max_concurrent_batches``; empty data just
+        reports the current settings.
+        """
+        from aios_grpc.errors import ConfigurationError, ParametersRejected
+
+        if self.batch_stage is None:
+            raise ParametersRejected("aios.batcher: this block has no batcher (get_batcher() returned None)")
+        unknown = set(data) - {"n", "t", "max_concurrent_batches"}
+        if unknown:
+            raise ParametersRejected(
+                f"aios.batcher takes n, t and max_concurrent_batches; unknown: {sorted(unknown)}"
+            )
+        try:
+            return self.batch_stage.configure(**data)
+        except ConfigurationError as exc:
+            raise ParametersRejected(f"aios.batcher: {exc}") from None
+
+    def _on_loop_lag(self, seconds: float) -> None:
+        self.telemetry.loop_lag(seconds)
 
     async def start(self) -> None:
         """Create the queue and the worker tasks on the running loop."""
@@ -103,15 +140,32 @@ class Scheduler:
         self._queue = asyncio.Queue(self.settings.max_queued)
         self._idle = asyncio.Event()
         self._idle.set()
-        self._tasks = [
-            asyncio.create_task(self._worker(), name=f"aios-worker-{i}")
-            for i in range(self.settings.workers)
-        ]
+        if self.muxer is not None:
+            self.mux_stage = MuxStage(
+                self.muxer,
+                self.answer,
+                self.muxer.timeout_s or self.settings.mux_timeout_s,
+                self.muxer.max_open_groups or self.settings.mux_max_open_groups,
+            )
+        if self.batcher is not None:
+            self.batch_stage = BatchStage(self, self.batcher, self.settings.max_concurrent_batches)
+            self._tasks = [asyncio.create_task(self.batch_stage.run(self._queue), name="aios-batcher")]
+        else:
+            self._tasks = [
+                asyncio.create_task(self._worker(), name=f"aios-worker-{i}")
+                for i in range(self.settings.workers)
+            ]
+        self.watchdog.start()
 
     async def drain(self, timeout_s: float) -> int:
         """Refuse new jobs and wait up to ``timeout_s`` for jobs in flight; returns how many are left."""
         self.accepting = False
         assert self._idle is not None
+        # Nothing new will join an open group or batch: answer or run them now.
+        if self.mux_stage is not None:
+            self.mux_stage.flush("block is draining")
+        if self.batch_stage is not None:
+            self.batch_stage.flush()
         try:
             await asyncio.wait_for(self._idle.wait(), timeout_s)
         except TimeoutError:
@@ -125,6 +179,11 @@ class Scheduler:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        if self.batch_stage is not None:
+            await self.batch_stage.cancel()
+        if self.mux_stage is not None:
+            self.mux_stage.flush("server is shutting down")
+        await self.watchdog.stop()
         if self._queue is not None:
             while not self._queue.empty():
                 job = self._queue.get_nowait()
@@ -143,6 +202,12 @@ class Scheduler:
         """Queue a job, waiting while the queue is full (backpressure)."""
         if not self._admit(job):
             return
+        if self.mux_stage is not None and job.members is None:
+            merged = self.mux_stage.add(job)
+            self.telemetry.muxer_groups(self.mux_stage.open_groups)
+            if merged is None:
+                return
+            job = merged
         assert self._queue is not None
         await self._queue.put(job)
 
@@ -150,6 +215,12 @@ class Scheduler:
         """Queue a job or answer it RESOURCE_EXHAUSTED when the queue is full."""
         if not self._admit(job):
             return
+        if self.mux_stage is not None and job.members is None:
+            merged = self.mux_stage.add(job)
+            self.telemetry.muxer_groups(self.mux_stage.open_groups)
+            if merged is None:
+                return
+            job = merged
         assert self._queue is not None
         try:
             self._queue.put_nowait(job)
@@ -242,13 +313,16 @@ class Scheduler:
         for job in jobs:
             try:
                 self._check(job)
-                outputs = self.block.run_sync(job.packet, lambda o, j=job: self.partial(j, self.output_packet(j, o)))
+                outputs = self.block.run_sync(job.packet, functools.partial(self._emit_output, job))
                 out.append([self.output_packet(job, o) for o in outputs])
             except Exception as exc:
                 out.append(exc)
         elapsed = (time.perf_counter() - start) / len(jobs)
         self._job_time_s = elapsed if self._job_time_s == 0 else 0.8 * self._job_time_s + 0.2 * elapsed
         return out
+
+    def _emit_output(self, job: Job, result: OnDataResult) -> None:
+        self.partial(job, self.output_packet(job, result))
 
     async def _run_one_async(self, job: Job) -> None:
         try:

@@ -26,13 +26,14 @@ from aios_grpc.converters import (
     struct_to_dict,
     to_value,
 )
-from aios_grpc.errors import AiosError, InvalidPacket, status_of
+from aios_grpc.errors import AiosError, InvalidPacket, Unavailable, status_of
 from aios_grpc.scheduler import Job, Kind, OrderedReplies, Result, Scheduler
 
 log = logging.getLogger("aios_grpc.service")
 
 _END = object()
 _MAX_RESULTS_PER_RESPONSE = 256
+_PARTIAL = Kind.PARTIAL.value
 
 
 class BlockServicer(pb_grpc.BlockServiceServicer):
@@ -44,6 +45,7 @@ class BlockServicer(pb_grpc.BlockServiceServicer):
         self.ready = asyncio.Event()
         self.stream_max_in_flight = stream_max_in_flight
         self.open_streams = 0
+        self._streams: set[_Stream] = set()
 
     def attach(self, scheduler: Scheduler, control: ControlPlane) -> None:
         """Connect the initialised block; RPCs waiting for it go ahead."""
@@ -64,16 +66,21 @@ class BlockServicer(pb_grpc.BlockServiceServicer):
 
     # -- data plane ------------------------------------------------------------------
 
-    async def Process(  # noqa: N802 - the RPC's name
+    async def Process(
         self,
         request_iterator: AsyncIterator[pb.ProcessRequest],
         context: grpc.aio.ServicerContext[pb.ProcessRequest, pb.ProcessResponse],
     ) -> AsyncIterator[pb.ProcessResponse]:
         scheduler = await self._scheduler()
+        if not scheduler.accepting:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "block is draining; retry on another instance")
         out: asyncio.Queue[Any] = asyncio.Queue()
         stream = _Stream(scheduler, out, self.stream_max_in_flight, context.time_remaining())
-        reader = asyncio.create_task(stream.read(request_iterator))
+        stream.trace = trace_metadata(context.invocation_metadata())
+        reader = stream.reader = asyncio.create_task(stream.read(request_iterator))
         self.open_streams += 1
+        self._streams.add(stream)
+        window = stream.window
         try:
             while True:
                 item = await out.get()
@@ -81,6 +88,10 @@ class BlockServicer(pb_grpc.BlockServiceServicer):
                     break
                 if not stream.coalesce:
                     yield pb.ProcessResponse(result=item)
+                    # A packet leaves the window once its answer is written, not when it is
+                    # computed: a caller that stops reading answers stops the reading too.
+                    if item.kind != _PARTIAL:
+                        window.release()
                     continue
                 results = [item]
                 end = False
@@ -91,18 +102,27 @@ class BlockServicer(pb_grpc.BlockServiceServicer):
                         break
                     results.append(more)
                 yield pb.ProcessResponse(results=results)
+                for r in results:
+                    if r.kind != _PARTIAL:
+                        window.release()
                 if end:
                     break
             await reader
         finally:
             self.open_streams -= 1
+            self._streams.discard(stream)
             stream.closed = True
             if not reader.done():
                 reader.cancel()
 
+    def end_streams(self) -> None:
+        """Drain: stop reading every open stream; each ends once its packets are answered."""
+        for stream in list(self._streams):
+            stream.stop_reading()
+
     # -- control plane ---------------------------------------------------------------
 
-    async def SetParameters(  # noqa: N802
+    async def SetParameters(
         self, request: pb.SetParametersRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.SetParametersResponse:
         control = await self._control(context)
@@ -112,7 +132,7 @@ class BlockServicer(pb_grpc.BlockServiceServicer):
             await context.abort(exc.code, str(exc))
         return pb.SetParametersResponse(applied=dict_to_struct(applied), parameters=dict_to_struct(current))
 
-    async def Management(  # noqa: N802
+    async def Management(
         self, request: pb.ManagementRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ManagementResponse:
         control = await self._control(context)
@@ -126,7 +146,7 @@ class BlockServicer(pb_grpc.BlockServiceServicer):
             )
         return pb.ManagementResponse(result=to_value(result))
 
-    async def GetInfo(  # noqa: N802
+    async def GetInfo(
         self, request: pb.GetInfoRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetInfoResponse:
         control = await self._control(context)
@@ -168,16 +188,17 @@ class _Stream:
         self.coalesce = False
         self.closed = False
         self.reading = True
+        self.reader: asyncio.Task[None] | None = None
+        self.stopping = False
         self.deadline = time.monotonic() + time_remaining if time_remaining else 0.0
+        self.trace: dict[str, str] | None = None  # W3C trace context from the stream's metadata
 
     def _emit(self, session_id: str, seq_no: int, result: Result) -> None:
-        msg = pb.PacketResult(session_id=session_id, seq_no=seq_no, kind=result.kind.value)
+        msg = pb.PacketResult(session_id=session_id, seq_no=seq_no, kind=result.kind.value)  # type: ignore[arg-type]
         if result.output is not None:
             msg.output.CopyFrom(packet_to_proto(result.output))
         if result.error is not None:
             msg.error.CopyFrom(error_to_proto(result.error))
-        if result.terminal:
-            self.window.release()
         if self.closed:
             return
         self.out.put_nowait(msg)
@@ -201,20 +222,53 @@ class _Stream:
                         "ProcessRequest carries no packet: set `packet` or `packets`", stage="decode"
                     )))
                     continue
-                for msg in messages:
-                    await self.window.acquire()
+                for i, msg in enumerate(messages):
+                    try:
+                        await self.window.acquire()
+                    except asyncio.CancelledError:
+                        self._refuse(messages[i:])
+                        raise
                     packet = packet_from_proto(msg)
                     deadline = self.deadline
                     if packet.deadline:
                         # The packet's own deadline is wall-clock; turn it into monotonic time.
                         own = time.monotonic() + (packet.deadline - time.time())
                         deadline = min(deadline, own) if deadline else own
-                    job = Job(packet, self.replies.slot(packet.session_id, packet.seq_no), deadline=deadline, source="grpc")
-                    await scheduler.submit(job)
+                    slot = self.replies.slot(packet.session_id, packet.seq_no)
+                    job = Job(packet, slot, deadline=deadline, source="grpc", trace=self.trace)
+                    try:
+                        await scheduler.submit(job)
+                    except asyncio.CancelledError:
+                        # Stopped while the queue was full: the packet was taken, so answer it.
+                        scheduler.answer(job, Result(Kind.ERROR, error=Unavailable(
+                            "block is draining; retry on another instance", stage="queue")))
+                        self._refuse(messages[i + 1 :])
+                        raise
+        except asyncio.CancelledError:
+            if not self.stopping:
+                raise
         finally:
             self.reading = False
             if self.replies.open_slots == 0:
                 self.out.put_nowait(_END)
+
+    def _refuse(self, messages: list[pb.Packet]) -> None:
+        """Answer packets read but never handed to the scheduler (the stream stopped)."""
+        for msg in messages:
+            self.replies.slot(msg.session_id, msg.seq_no)(Result(Kind.ERROR, error=Unavailable(
+                "block is draining; retry on another instance", stage="queue")))
+
+    def stop_reading(self) -> None:
+        """Read no more packets (drain); the stream ends once every read packet is answered."""
+        if self.reader is not None and not self.reader.done():
+            self.stopping = True
+            self.reader.cancel()
+
+
+def trace_metadata(metadata: Any) -> dict[str, str] | None:
+    """The W3C trace context (``traceparent``, ``tracestate``) a caller sent as gRPC metadata."""
+    found = {k: v for k, v in metadata or () if k in ("traceparent", "tracestate") and isinstance(v, str)}
+    return found if "traceparent" in found else None
 
 
 def abort_code(exc: BaseException) -> grpc.StatusCode:

@@ -1,0 +1,316 @@
+"""``BatchStage``: forms batches for ``on_batch`` from every stream's packets.
+
+One task takes packets off the scheduler's queue and closes a batch when
+
+- it holds ``n`` packets, or
+- nothing more is queued and a batch may run now (fewer than
+  ``max_concurrent_batches`` are running): a lone request never waits, or
+- ``t`` seconds passed since its first packet (``TimeBasedBatcher``); a plain
+  ``Batcher`` has no time limit.
+
+While every run slot is busy the open batch keeps taking packets (it could not run
+earlier anyway), which is what grows batches under load. Each closed batch runs
+``on_preprocess`` per packet and then ``on_batch`` on the entries, all in one
+thread hand-off; when ``on_preprocess`` yields more entries than ``n``, they go to
+``on_batch`` in slices of at most ``n``. A failure of one ``on_batch`` call
+(an exception or a result of the wrong length) answers only the packets in that
+call; ``(False, "error")`` for one entry fails only its packet.
+
+``n``, ``t`` and ``max_concurrent_batches`` can change while serving
+(``configure``); the next batch uses the new values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import math
+import time
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+from aios_grpc.errors import BlockCodeError, ConfigurationError, PacketError, Unavailable
+from aios_grpc.muxing import Batcher
+from aios_grpc.packet import AIOSPacket, OnDataResult, PreProcessResult
+from aios_grpc.scheduler.job import Job, Kind, Result
+
+if TYPE_CHECKING:
+    from aios_grpc.scheduler.core import Scheduler
+
+log = logging.getLogger("aios_grpc.scheduler")
+
+Outcome = list[AIOSPacket] | BaseException
+
+
+class BatchStage:
+    """Batch forming and running for one scheduler."""
+
+    def __init__(self, scheduler: Scheduler, batcher: Batcher, max_concurrent: int) -> None:
+        self.scheduler = scheduler
+        self.kind = batcher.kind
+        self.n = batcher.N
+        self.t = batcher.T
+        self.max_concurrent = max_concurrent
+        self.running = 0
+        self.flushing = False
+        self.sizes: Counter[int] = Counter()
+        self._slot_free = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- settings --------------------------------------------------------------------
+
+    def configure(
+        self, n: Any = None, t: Any = None, max_concurrent_batches: Any = None
+    ) -> dict[str, Any]:
+        """Change the batch settings at run time; returns them (see ``info``)."""
+        new_n, new_t, new_c = self.n, self.t, self.max_concurrent
+        if n is not None:
+            if isinstance(n, bool) or not isinstance(n, int | float) or int(n) != n or n < 1:
+                raise ConfigurationError(f"batcher n must be an integer >= 1, got {n!r}")
+            new_n = int(n)
+        if t is not None:
+            if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t) or t < 0:
+                raise ConfigurationError(f"batcher t must be a number of seconds >= 0, got {t!r}")
+            new_t = float(t)
+        if max_concurrent_batches is not None:
+            c = max_concurrent_batches
+            if isinstance(c, bool) or not isinstance(c, int | float) or int(c) != c or c < 1:
+                raise ConfigurationError(f"max_concurrent_batches must be an integer >= 1, got {c!r}")
+            new_c = int(c)
+        self.n, self.t, self.max_concurrent = new_n, new_t, new_c
+        if new_t > 0 and self.kind == "batcher":
+            self.kind = "time"
+        self._slot_free.set()  # a larger limit may let a waiting batch go now
+        log.info("batcher: n=%d t=%gs max_concurrent_batches=%d", self.n, self.t, self.max_concurrent)
+        return self.info()
+
+    def info(self) -> dict[str, Any]:
+        """Settings as GetInfo reports them."""
+        return {"kind": self.kind, "n": self.n, "t": self.t, "max_concurrent_batches": self.max_concurrent}
+
+    # -- forming -----------------------------------------------------------------------
+
+    async def run(self, queue: asyncio.Queue[Job]) -> None:
+        """Form batches until cancelled."""
+        while True:
+            first = await queue.get()
+            jobs = [first]
+            # A plain Batcher has no time limit; the other rules still close its batches.
+            limit_s = self.t if self.kind == "time" else math.inf
+            close_at = time.monotonic() + limit_s
+            while len(jobs) < self.n:
+                try:
+                    jobs.append(queue.get_nowait())
+                    continue
+                except asyncio.QueueEmpty:
+                    pass
+                if self.flushing or self.running < self.max_concurrent:
+                    break
+                remaining = close_at - time.monotonic()
+                if remaining <= 0:
+                    break
+                job = await self._next_or_slot(queue, remaining)
+                if job is not None:
+                    jobs.append(job)
+            while self.running >= self.max_concurrent:
+                self._slot_free.clear()
+                await self._slot_free.wait()
+            self.running += 1
+            task = asyncio.create_task(self._run_batch(jobs))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _next_or_slot(self, queue: asyncio.Queue[Job], timeout: float) -> Job | None:
+        """The next queued job, or None when a run slot freed first or ``timeout`` passed."""
+        self._slot_free.clear()
+        getter = asyncio.ensure_future(queue.get())
+        slot = asyncio.ensure_future(self._slot_free.wait())
+        try:
+            await asyncio.wait({getter, slot}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            slot.cancel()
+            if not getter.done():
+                getter.cancel()
+        # Queue.get only takes the item once it runs to completion, so a cancelled
+        # getter has taken nothing.
+        if getter.done() and not getter.cancelled():
+            return getter.result()
+        return None
+
+    def flush(self) -> None:
+        """Close the open batch now and every later one as soon as it is queued (drain)."""
+        self.flushing = True
+        self._slot_free.set()
+
+    async def cancel(self) -> None:
+        """Cancel running batches; their packets are answered UNAVAILABLE."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- running -----------------------------------------------------------------------
+
+    async def _run_batch(self, jobs: list[Job]) -> None:
+        sched = self.scheduler
+        start = time.monotonic()
+        try:
+            for job in jobs:
+                sched.telemetry.stage_done(job, "queue", start - job.received)
+            block = sched.block
+            if not (block.is_async.get("on_preprocess") or block.is_async.get("on_batch")):
+                assert sched._loop is not None
+                outcomes = await sched._loop.run_in_executor(sched.executor, self._batch_sync, jobs)
+            else:
+                outcomes = await self._batch_async(jobs)
+        except asyncio.CancelledError:
+            answer_all(sched, jobs, Unavailable("server is shutting down", stage="batch"))
+            raise
+        except Exception as exc:  # a bug in the SDK; still answer every packet
+            log.exception("batch of %d packets failed in the scheduler", len(jobs))
+            outcomes = [BlockCodeError(f"internal error: {exc}", stage="batch")] * len(jobs)
+        finally:
+            self.running -= 1
+            self._slot_free.set()
+        took = time.monotonic() - start
+        for job, outcome in zip(jobs, outcomes, strict=True):
+            sched.telemetry.stage_done(job, "batch", took)
+            sched._finish(job, outcome)
+
+    def _batch_sync(self, jobs: list[Job]) -> list[Outcome]:
+        block = self.scheduler.block
+        entries: list[list[PreProcessResult] | BaseException] = []
+        for job in jobs:
+            try:
+                self.scheduler._check(job)
+                entries.append(block.preprocess_sync(job.packet))
+            except Exception as exc:
+                entries.append(exc)
+        on_batch = block.methods["on_batch"]
+
+        def call(chunk: list[PreProcessResult]) -> Any:
+            return on_batch(chunk)
+
+        return self._apply(jobs, entries, call)
+
+    async def _batch_async(self, jobs: list[Job]) -> list[Outcome]:
+        sched = self.scheduler
+        block = sched.block
+        entries: list[list[PreProcessResult] | BaseException] = []
+        for job in jobs:
+            try:
+                sched._check(job)
+                if block.is_async.get("on_preprocess"):
+                    ret = await block.methods["on_preprocess"](job.packet)
+                    entries.append(block.check_preprocess(ret))
+                else:
+                    entries.append(await sched.to_thread(block.preprocess_sync, job.packet))
+            except PacketError as exc:
+                entries.append(exc)
+            except Exception as exc:
+                entries.append(BlockCodeError(
+                    f"on_preprocess raised {type(exc).__name__}: {exc}", stage="preprocess"))
+        on_batch = block.methods["on_batch"]
+        rets: list[Any] = []
+        for chunk in self._chunks(entries):
+            try:
+                if block.is_async.get("on_batch"):
+                    rets.append(await on_batch(chunk))
+                else:
+                    rets.append(await sched.to_thread(on_batch, chunk))
+            except Exception as exc:
+                rets.append(_Raised(exc))
+        replay = iter(rets)
+
+        def call(chunk: list[PreProcessResult]) -> Any:
+            ret = next(replay)
+            if isinstance(ret, _Raised):
+                raise ret.exc
+            return ret
+
+        return self._apply(jobs, entries, call)
+
+    def _chunks(self, entries: list[list[PreProcessResult] | BaseException]) -> list[list[PreProcessResult]]:
+        flat = [e for item in entries if not isinstance(item, BaseException) for e in item]
+        n = max(1, self.n)
+        return [flat[i : i + n] for i in range(0, len(flat), n)] if flat else []
+
+    def _apply(
+        self,
+        jobs: list[Job],
+        entries: list[list[PreProcessResult] | BaseException],
+        call: Any,
+    ) -> list[Outcome]:
+        """Run ``call`` on each slice of entries and map the results back to packets."""
+        owner: list[int] = []  # job index of each flat entry
+        for i, item in enumerate(entries):
+            if not isinstance(item, BaseException):
+                owner.extend([i] * len(item))
+        per_job: list[list[OnDataResult] | BaseException] = [
+            item if isinstance(item, BaseException) else [] for item in entries
+        ]
+        pos = 0
+        for chunk in self._chunks(entries):
+            owners = owner[pos : pos + len(chunk)]
+            pos += len(chunk)
+            self.sizes[len(chunk)] += 1
+            self.scheduler.telemetry.batch_formed(len(chunk), [jobs[i] for i in dict.fromkeys(owners)])
+            try:
+                ret = call(chunk)
+                results = self._check_results(ret, len(chunk))
+            except PacketError as exc:
+                results = [exc] * len(chunk)
+            except Exception as exc:
+                err = BlockCodeError(f"on_batch raised {type(exc).__name__}: {exc}", stage="batch")
+                results = [err] * len(chunk)
+            for idx, res in zip(owners, results, strict=True):
+                current = per_job[idx]
+                if isinstance(current, BaseException):
+                    continue  # the packet already failed; its first error stands
+                if isinstance(res, BaseException):
+                    per_job[idx] = res
+                elif res is not None:
+                    current.append(res)
+        out: list[Outcome] = []
+        for job, done in zip(jobs, per_job, strict=True):
+            if isinstance(done, BaseException):
+                out.append(done)
+                continue
+            try:
+                out.append([self.scheduler.output_packet(job, o) for o in done])
+            except Exception as exc:
+                out.append(exc)
+        return out
+
+    def _check_results(self, ret: Any, expected: int) -> list[OnDataResult | BaseException | None]:
+        if inspect.isgenerator(ret) or not isinstance(ret, list | tuple):
+            raise BlockCodeError(
+                f"on_batch must return a list with one (ok, result) per entry, got {type(ret).__name__}",
+                stage="batch",
+            )
+        if len(ret) != expected:
+            raise BlockCodeError(
+                f"on_batch returned {len(ret)} results for {expected} entries; it must return one per entry",
+                stage="batch",
+            )
+        out: list[OnDataResult | BaseException | None] = []
+        for item in ret:
+            try:
+                out.append(self.scheduler.block.check_data(item, stage="batch"))
+            except PacketError as exc:
+                out.append(exc)
+        return out
+
+
+class _Raised:
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+def answer_all(scheduler: Scheduler, jobs: list[Job], error: BaseException) -> None:
+    """Answer every job with ``error`` (used when a batch cannot run at all)."""
+    for job in jobs:
+        scheduler.answer(job, Result(Kind.ERROR, error=error))
