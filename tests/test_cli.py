@@ -1,0 +1,137 @@
+"""The ``aios-grpc`` command: serve (and its errors) and the health probe."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from aios_grpc_client import BlockClient
+from tests.conftest import ROOT
+
+
+def aios(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "aios_grpc", *args], cwd=ROOT, env=full_env,
+        capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], *expected: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert lines[0].startswith("aios-grpc: ")
+    for text in expected:
+        assert text in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("ref", "expected"),
+    [
+        ("no_such_module:Block", "cannot import module 'no_such_module': ModuleNotFoundError"),
+        ("tests.blocks.basic:NoSuchClass", "module 'tests.blocks.basic' has no attribute 'NoSuchClass'"),
+        ("tests.blocks.basic:json", "'tests.blocks.basic:json' is a module, not a class"),
+        ("examples/missing.py:SimpleBlock", "file examples/missing.py does not exist"),
+        ("just_a_name", "must look like MODULE:CLASS or path/to/file.py:CLASS"),
+    ],
+)
+def test_serve_with_a_block_that_cannot_be_imported(ref, expected):
+    assert_one_line_error(aios("serve", ref), expected)
+
+
+def test_serve_with_a_module_that_raises_on_import(tmp_path):
+    (tmp_path / "broken_block.py").write_text("raise RuntimeError('no model file')\n")
+    proc = aios("serve", f"{tmp_path}/broken_block.py:Block")
+    assert_one_line_error(proc, "RuntimeError: no model file")
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"AIOS_PORT": "not-a-port"}, ["AIOS_PORT='not-a-port'", "valid integer"]),
+        ({"AIOS_WORKERS": "0"}, ["AIOS_WORKERS='0'", "greater than or equal to 1"]),
+        ({"AIOS_LOG_LEVEL": "loud"}, ["AIOS_LOG_LEVEL='loud'", "unknown log level"]),
+        ({"BLOCK_INIT_PARAMETERS": "{not json"}, ["BLOCK_INIT_PARAMETERS='{not json'", "not valid JSON"]),
+        ({"AIOS_BLOCK_DATA": "[1, 2]"}, ["AIOS_BLOCK_DATA='[1, 2]'", "valid dictionary"]),
+    ],
+)
+def test_serve_with_a_bad_setting(env, expected):
+    assert_one_line_error(aios("serve", "tests.blocks.basic:EchoBlock", env=env), "invalid settings", *expected)
+
+
+def test_serve_on_a_port_in_use():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = aios("serve", "tests.blocks.basic:EchoBlock", "--port", str(port))
+    # gRPC's core and the server's log may print before it; the error is the last line.
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"aios-grpc: cannot bind 127.0.0.1:{port}")
+
+
+def test_serve_the_example_file_answers_a_packet(spawn):
+    server = spawn("examples/simple_block.py:SimpleBlock", env={"AIOS_BLOCK_INIT_PARAMETERS": '{"threshold": 0.95}'})
+    with BlockClient(server.address) as client:
+        client.wait_until_serving(30)
+        assert client.run({"value": 0.9}).data == {"value": 0.9, "passed": False}
+        assert client.get_info()["block_class"] == "simple_block:SimpleBlock"
+
+
+def test_serve_options_override_the_environment(spawn):
+    server = spawn("tests.blocks.basic:EchoBlock", env={"AIOS_PORT": "1", "AIOS_WORKERS": "1"},
+                   args=["--port", "0", "--workers", "3"])  # fmt: skip
+    with BlockClient(server.address) as client:
+        client.wait_until_serving(30)
+        assert client.run({"a": 1}).data == {"echo": {"a": 1}}
+
+
+def test_health_exits_zero_when_serving(serve):
+    served = serve(__import__("tests.blocks.basic", fromlist=["EchoBlock"]).EchoBlock)
+    proc = aios("health", served.address)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip() == f"{served.address}: SERVING"
+    named = aios("health", served.address, "--service", "aios.block.v1.BlockService")
+    assert named.returncode == 0
+    assert named.stdout.strip() == f"{served.address} service 'aios.block.v1.BlockService': SERVING"
+
+
+def test_health_of_an_unknown_service_fails_with_a_reason(serve):
+    from tests.blocks.basic import EchoBlock
+
+    served = serve(EchoBlock)
+    proc = aios("health", served.address, "--service", "no.such.Service")
+    assert proc.returncode == 1
+    out = (proc.stdout + proc.stderr).strip()
+    assert len(out.splitlines()) == 1 and "NOT_FOUND" in out
+
+
+def test_health_when_the_server_is_down():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again before the probe: nothing listens there
+    proc = aios("health", f"127.0.0.1:{port}", "--timeout", "2")
+    assert proc.returncode == 1
+    out = (proc.stdout + proc.stderr).strip()
+    assert len(out.splitlines()) == 1 and "UNAVAILABLE" in out and "Traceback" not in out
+
+
+def test_health_reports_not_serving_during_a_slow_init_then_serving(spawn):
+    server = spawn("tests.blocks.basic:SlowInitBlock", env={"AIOS_BLOCK_INIT_PARAMETERS": '{"init_s": 3}'})
+    starting = aios("health", server.address)
+    assert starting.returncode == 1
+    assert starting.stdout.strip() == f"{server.address}: NOT_SERVING"
+    with BlockClient(server.address) as client:
+        client.wait_until_serving(30)
+    assert aios("health", server.address).returncode == 0
+
+
+def test_help_lists_both_commands():
+    proc = aios("--help")
+    assert proc.returncode == 0 and "serve" in proc.stdout and "health" in proc.stdout
