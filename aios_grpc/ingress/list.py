@@ -1,0 +1,195 @@
+"""``ListIngress``: the original executor's list queues, made reliable.
+
+The original pops jobs with ``BRPOP``: a packet popped by an instance that then
+dies is gone. Here each instance moves an item atomically into its own processing
+list (``BLMOVE <queue> <queue>:processing:<instance> RIGHT LEFT``) and removes it
+from there only once the packet's terminal result has been routed. An instance
+keeps a heartbeat key (``<queue>:alive:<instance>``) fresh; the processing list of
+an instance whose heartbeat expired is moved back onto the queue by whichever
+instance notices first. Items are protobuf ``Packet`` bytes, as the original
+pushes them. A packet answered with a retryable error goes back onto the queue;
+one answered with another error goes to the dead-letter list with its error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from aios_grpc.errors import PacketError, status_of
+from aios_grpc.ingress._base import TRANSIENT, decode_packet, pause
+from aios_grpc.scheduler.core import Scheduler
+from aios_grpc.scheduler.job import Job, Kind, Result
+
+log = logging.getLogger("aios_grpc.ingress")
+
+
+class ListIngress:
+    """Feeds a Redis list's items to the scheduler, one processing list per instance."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        scheduler: Scheduler,
+        *,
+        queue: str,
+        consumer: str,
+        dead_letter: str = "",
+        block_s: float = 1.0,
+        heartbeat_s: float = 10.0,
+        max_in_flight: int = 1000,
+    ) -> None:
+        self.client = client
+        self.scheduler = scheduler
+        self.queue = queue
+        self.consumer = consumer
+        self.processing = f"{queue}:processing:{consumer}"
+        self.alive = f"{queue}:alive:{consumer}"
+        self.dead_letter = dead_letter or f"{queue}:dead"
+        self.block_s = block_s
+        self.heartbeat_s = heartbeat_s
+        self.window = asyncio.Semaphore(max_in_flight)
+        self.in_flight = 0
+        self.done = 0
+        self.recovered = 0
+        self._finish: asyncio.Queue[tuple[bytes, Result]] = asyncio.Queue()
+        self._reader: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def start(self) -> None:
+        """Recover this instance's own leftovers, then read, finish and watch other instances."""
+        await self._beat()
+        self.recovered += await self._requeue(self.processing)
+        self._reader = asyncio.create_task(self._read(), name=f"aios-list-{self.queue}")
+        self._tasks = [
+            asyncio.create_task(self._finisher(), name="aios-list-finish"),
+            asyncio.create_task(self._watch(), name="aios-list-watch"),
+        ]
+
+    async def stop(self, timeout_s: float) -> None:
+        """Stop reading, wait up to ``timeout_s`` for packets in flight, then stop."""
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        # Unfinished items stay in the processing list; our heartbeat expires and they return.
+
+    async def _beat(self) -> None:
+        await self.client.set(self.alive, b"1", px=int(self.heartbeat_s * 3000))
+
+    async def _requeue(self, processing: str) -> int:
+        moved = 0
+        # Bounded: a list cannot grow while nobody moves items into it.
+        for _ in range(1_000_000):
+            item = await self.client.lmove(processing, self.queue, "RIGHT", "RIGHT")
+            if item is None:
+                break
+            moved += 1
+        if moved:
+            log.info("moved %d unfinished items of %s back onto %s", moved, processing, self.queue)
+        return moved
+
+    async def _read(self) -> None:
+        failures = 0
+        while True:
+            await self.window.acquire()
+            try:
+                item = await self.client.blmove(
+                    self.queue, self.processing, self.block_s, "RIGHT", "LEFT"  # type: ignore[arg-type]
+                )
+                failures = 0
+            except TRANSIENT as exc:
+                self.window.release()
+                failures += 1
+                await pause(failures, f"BLMOVE {self.queue}", exc)
+                continue
+            if item is None:
+                self.window.release()
+                continue
+            self.in_flight += 1
+            self._idle.clear()
+            raw = bytes(item) if not isinstance(item, str) else item.encode()
+            try:
+                packet = decode_packet(raw)
+            except PacketError as exc:
+                self._finish.put_nowait((raw, Result(Kind.ERROR, error=exc)))
+                continue
+            await self.scheduler.submit(Job(packet, self._replier(raw), source="redis-list"))
+
+    def _replier(self, raw: bytes) -> Callable[[Result], None]:
+        return lambda result: self._answered(raw, result)
+
+    def _answered(self, raw: bytes, result: Result) -> None:
+        if result.terminal:
+            self._finish.put_nowait((raw, result))
+
+    async def _finisher(self) -> None:
+        failures = 0
+        while True:
+            raw, result = await self._finish.get()
+            while True:
+                try:
+                    await self._complete(raw, result)
+                    failures = 0
+                    break
+                except TRANSIENT as exc:
+                    failures += 1
+                    await pause(failures, f"finishing an item of {self.queue}", exc)
+            self.in_flight -= 1
+            self.done += 1
+            self.window.release()
+            if self.in_flight <= 0:
+                self._idle.set()
+
+    async def _complete(self, raw: bytes, result: Result) -> None:
+        pipe = self.client.pipeline(transaction=True)
+        pipe.lrem(self.processing, -1, raw)  # type: ignore[arg-type]
+        if result.error is not None:
+            code, retryable = status_of(result.error)
+            if retryable:
+                pipe.lpush(self.queue, raw)
+            else:
+                message = getattr(result.error, "message", str(result.error))
+                pipe.lpush(self.dead_letter, json.dumps({
+                    "packet_hex": raw.hex(), "code": code.name, "error": message, "queue": self.queue,
+                }))
+        await pipe.execute()
+
+    async def _watch(self) -> None:
+        failures = 0
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            try:
+                await self._beat()
+                await self._recover_dead()
+                failures = 0
+            except TRANSIENT as exc:
+                failures += 1
+                await pause(failures, f"heartbeat on {self.queue}", exc)
+
+    async def _recover_dead(self) -> None:
+        prefix = f"{self.queue}:processing:"
+        names: list[Any] = [n async for n in self.client.scan_iter(match=prefix + "*", count=200)]
+        for name in names:
+            consumer = name.decode()[len(prefix):]
+            if consumer == self.consumer:
+                continue
+            if not await self.client.exists(f"{self.queue}:alive:{consumer}"):
+                self.recovered += await self._requeue(name.decode())
+
+
+__all__ = ["ListIngress"]

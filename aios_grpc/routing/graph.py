@@ -1,0 +1,163 @@
+"""``GraphRouter``: sends a block's outputs where the packet's ``output_ptr`` says.
+
+A job is answered only after every output reached every target: a gRPC target
+answered it (terminal result), a Redis target accepted the push. So the sender of
+an input learns that the whole fan-out was delivered, and resends what was never
+answered. Outputs that downstream blocks send back (their own callers' answers)
+are returned to this job's caller.
+
+>>> from aios_grpc.settings import Settings
+>>> router = GraphRouter.from_settings(Settings(route_allow=["127.0.0.1:*"]))
+>>> router.allow.allows_address("127.0.0.1:50052")
+True
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+import grpc
+
+from aios_grpc.converters import code_from_number, packet_from_proto, packet_to_proto
+from aios_grpc.errors import PacketError, Unavailable
+from aios_grpc.packet import AIOSPacket
+from aios_grpc.routing.base import Router
+from aios_grpc.routing.grpc_link import GrpcLink, LinkUnavailable
+from aios_grpc.routing.pointer import GRPC, Target, parse_output_ptr
+from aios_grpc.routing.policy import AllowList, Backoff
+from aios_grpc.routing.redis_link import RedisLink
+
+if TYPE_CHECKING:
+    from aios_grpc.scheduler.job import Job
+    from aios_grpc.settings import Settings
+
+log = logging.getLogger("aios_grpc.routing")
+
+
+class DownstreamError(PacketError):
+    """A downstream block answered an output with an error; its code is passed on."""
+
+    def __init__(self, message: str, code: grpc.StatusCode, retryable: bool) -> None:
+        super().__init__(message, stage="route", retryable=retryable)
+        self.code = code
+
+
+class GraphRouter(Router):
+    """Routes by ``output_ptr`` to gRPC blocks and Redis queues on the allow-list."""
+
+    def __init__(
+        self,
+        block_id: str,
+        allow: AllowList,
+        *,
+        backoff: Backoff | None = None,
+        retry_timeout_s: float = 10.0,
+        answer_timeout_s: float = 60.0,
+        max_message_bytes: int = 16 * 1024 * 1024,
+    ) -> None:
+        self.block_id = block_id
+        self.allow = allow
+        self.backoff = backoff or Backoff(0.05, 2.0)
+        self.retry_timeout_s = retry_timeout_s
+        self.answer_timeout_s = answer_timeout_s
+        self.max_message_bytes = max_message_bytes
+        self.grpc_links: dict[str, GrpcLink] = {}
+        self.redis_links: dict[str, RedisLink] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> GraphRouter:
+        """A router configured by ``AIOS_ROUTE_*`` settings."""
+        return cls(
+            settings.block_id,
+            AllowList(settings.route_allow, settings.route_allow_queues),
+            backoff=Backoff(settings.route_backoff_initial_s, settings.route_backoff_max_s),
+            retry_timeout_s=settings.route_retry_timeout_s,
+            answer_timeout_s=settings.route_answer_timeout_s,
+            max_message_bytes=settings.max_message_bytes,
+        )
+
+    def wants(self, job: Job) -> bool:
+        """True when the packet names a pointer (an empty one answers the caller directly)."""
+        ptr = job.packet.output_ptr
+        return bool(ptr) and ptr.strip() not in ("", "{}", "null")
+
+    async def route(self, job: Job, outputs: list[AIOSPacket]) -> list[AIOSPacket]:
+        """Deliver every output to every target; return what downstream blocks sent back."""
+        plan = parse_output_ptr(job.packet.output_ptr, self.block_id)
+        if not plan.targets:
+            return outputs
+        for target in plan.targets:
+            self.allow.check(target)
+        if not outputs:
+            return []
+        sends = []
+        for output in outputs:
+            msg = packet_to_proto(output)
+            msg.output_ptr = plan.forward_ptr
+            for target in plan.targets:
+                sends.append(self._deliver(target, msg))
+        results = await asyncio.gather(*sends, return_exceptions=True)
+        back: list[AIOSPacket] = []
+        for res in results:
+            if isinstance(res, BaseException):
+                raise res
+            if res is not None:
+                back.append(res)
+        return back
+
+    async def _deliver(self, target: Target, msg: object) -> AIOSPacket | None:
+        from aios_grpc._pb import pb
+
+        assert isinstance(msg, pb.Packet)
+        try:
+            if target.transport != GRPC:
+                await self._redis(target).push(target.transport, target.queue_name, msg.SerializeToString())
+                return None
+            link = self._grpc(target)
+            result = await asyncio.wait_for(link.send(msg), self.retry_timeout_s + self.answer_timeout_s)
+        except LinkUnavailable as exc:
+            raise Unavailable(str(exc), stage="route") from None
+        except TimeoutError:
+            raise Unavailable(
+                f"target {target.describe()} did not answer within "
+                f"{self.retry_timeout_s + self.answer_timeout_s:g}s", stage="route"
+            ) from None
+        if result.kind == 2:
+            code = code_from_number(result.error.code)
+            raise DownstreamError(
+                f"target {target.describe()} answered {code.name}: {result.error.message}",
+                code, result.error.retryable,
+            )
+        return packet_from_proto(result.output) if result.HasField("output") else None
+
+    def _grpc(self, target: Target) -> GrpcLink:
+        link = self.grpc_links.get(target.address)
+        if link is None:
+            link = self.grpc_links[target.address] = GrpcLink(
+                target.address, self.backoff, self.retry_timeout_s, max_message_bytes=self.max_message_bytes
+            )
+        return link
+
+    def _redis(self, target: Target) -> RedisLink:
+        link = self.redis_links.get(target.address)
+        if link is None:
+            link = self.redis_links[target.address] = RedisLink(
+                target.host, target.port, self.backoff, self.retry_timeout_s
+            )
+        return link
+
+    async def close(self) -> None:
+        """Close every link (packets still waiting are answered UNAVAILABLE)."""
+        links: list[GrpcLink | RedisLink] = [*self.grpc_links.values(), *self.redis_links.values()]
+        self.grpc_links.clear()
+        self.redis_links.clear()
+        for link in links:
+            try:
+                await link.close()
+            except Exception as exc:
+                log.warning("closing link %s failed: %s", link.address, exc)
+
+
+__all__ = ["DownstreamError", "GraphRouter"]

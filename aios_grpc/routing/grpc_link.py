@@ -1,0 +1,258 @@
+"""``GrpcLink``: one long-lived Process stream to a downstream block, shared by all packets.
+
+Every packet sent on the link waits for the downstream block's terminal result for
+it (matched by ``(session_id, seq_no)``; the downstream answers one session in
+arrival order, so several packets with the same key are matched first in, first
+out). When the stream breaks (the downstream restarted, the network failed), the
+packets still unanswered are sent again on a new stream: delivery is at least once.
+Reconnects back off exponentially with jitter; a packet that could not be delivered
+within ``retry_timeout_s`` is answered UNAVAILABLE, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+
+import grpc
+
+from aios_grpc._pb import pb, pb_grpc
+from aios_grpc.routing.policy import Backoff
+
+log = logging.getLogger("aios_grpc.routing")
+
+# Codes after which sending the same packet again may succeed.
+RETRYABLE = {grpc.StatusCode.UNAVAILABLE.value[0], grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]}
+
+
+class LinkUnavailable(Exception):
+    """The target could not take the packet within the retry time."""
+
+
+@dataclass(eq=False)
+class _Send:
+    packet: pb.Packet
+    future: asyncio.Future[pb.PacketResult]
+    deadline: float
+    attempts: int = 0
+    parked: bool = False  # answered retryable, waiting to be sent again
+    key: tuple[str, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.key = (self.packet.session_id, self.packet.seq_no)
+
+
+class GrpcLink:
+    """A pooled Process stream to ``address``; ``await send(packet)`` -> terminal ``PacketResult``."""
+
+    def __init__(
+        self,
+        address: str,
+        backoff: Backoff,
+        retry_timeout_s: float,
+        *,
+        max_message_bytes: int = 16 * 1024 * 1024,
+    ) -> None:
+        self.address = address
+        self.backoff = backoff
+        self.retry_timeout_s = retry_timeout_s
+        self._channel = grpc.aio.insecure_channel(
+            address,
+            options=[
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes),
+                # Reconnect quickly after a downstream restart; our own backoff paces retries.
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 1000),
+            ],
+        )
+        self._stub = pb_grpc.BlockServiceStub(self._channel)
+        self._backlog: deque[_Send] = deque()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self.streams_opened = 0
+        self.resent = 0
+
+    async def send(self, packet: pb.Packet) -> pb.PacketResult:
+        """Deliver ``packet``; return the downstream's terminal result (OK or a final error).
+
+        Raises ``LinkUnavailable`` when the target stayed unreachable for
+        ``retry_timeout_s``.
+        """
+        if self._closed:
+            raise LinkUnavailable(f"link to {self.address} is closed")
+        loop = asyncio.get_running_loop()
+        item = _Send(packet, loop.create_future(), loop.time() + self.retry_timeout_s)
+        self._backlog.append(item)
+        self._wake.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name=f"aios-link-{self.address}")
+        return await item.future
+
+    async def close(self) -> None:
+        """Close the stream; packets still waiting get ``LinkUnavailable``."""
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        self._fail_all(self._backlog, "the router is closing")
+        await self._channel.close(None)
+
+    # -- the link's task -------------------------------------------------------------
+
+    async def _run(self) -> None:
+        failures = 0
+        last_error = "no attempt yet"
+        loop = asyncio.get_running_loop()
+        while not self._closed:
+            self._expire(loop.time(), last_error, failures)
+            if not self._backlog:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            sent: deque[_Send] = deque()
+            answered = await self._stream(sent)
+            if answered:
+                failures = 0
+            # Whatever the broken stream left unanswered goes first on the next one.
+            unanswered = [s for s in sent if not s.future.done() and not s.parked]
+            self.resent += len(unanswered)
+            self._backlog.extendleft(reversed(unanswered))
+            last_error = self._last_error
+            failures += 1
+            if self._backlog:
+                earliest = min(s.deadline for s in self._backlog)
+                delay = min(self.backoff.delay(failures), max(0.0, earliest - loop.time()))
+                log.info("link %s: stream ended (%s); %d packets wait, retry in %.2fs",
+                         self.address, last_error, len(self._backlog), delay)
+                await asyncio.sleep(delay)
+
+    _last_error = ""
+
+    async def _stream(self, sent: deque[_Send]) -> bool:
+        """Run one Process stream until it breaks; True when it got at least one answer."""
+        self._last_error = ""
+        call = self._stub.Process()  # type: ignore[call-arg]  # write()/read() API, no iterator
+        self.streams_opened += 1
+        waiting: dict[tuple[str, int], deque[_Send]] = {}
+        state = {"answered": False}
+        reader = asyncio.create_task(self._read(call, waiting, state))
+        try:
+            while True:
+                while self._backlog:
+                    item = self._backlog.popleft()
+                    if item.future.done():
+                        continue
+                    item.attempts += 1
+                    sent.append(item)
+                    waiting.setdefault(item.key, deque()).append(item)
+                    await call.write(pb.ProcessRequest(packet=item.packet))
+                    if reader.done():
+                        break
+                if reader.done():
+                    break
+                self._wake.clear()
+                if self._backlog:
+                    continue
+                waker = asyncio.create_task(self._wake.wait())
+                await asyncio.wait({waker, reader}, return_when=asyncio.FIRST_COMPLETED)
+                waker.cancel()
+                if reader.done():
+                    break
+        except asyncio.CancelledError:
+            call.cancel()
+            reader.cancel()
+            raise
+        except Exception as exc:
+            self._last_error = _describe(exc)
+        finally:
+            if not reader.done():
+                call.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await reader
+        if reader.done() and not reader.cancelled() and reader.exception() is not None:
+            self._last_error = _describe(reader.exception())  # type: ignore[arg-type]
+        elif not self._last_error:
+            self._last_error = "stream ended"
+        return state["answered"]
+
+    async def _read(
+        self,
+        call: grpc.aio.StreamStreamCall[pb.ProcessRequest, pb.ProcessResponse],
+        waiting: dict[tuple[str, int], deque[_Send]],
+        state: dict[str, bool],
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            response = await call.read()
+            if response is grpc.aio.EOF:  # type: ignore[attr-defined]
+                self._last_error = "the target closed the stream"
+                return
+            assert isinstance(response, pb.ProcessResponse)
+            results = list(response.results)
+            if response.HasField("result"):
+                results.insert(0, response.result)
+            for result in results:
+                if result.kind == 3:  # PARTIAL: only terminal results acknowledge a packet
+                    continue
+                queue = waiting.get((result.session_id, result.seq_no))
+                if not queue:
+                    log.warning("link %s: answer for unknown packet %s/%s",
+                                self.address, result.session_id, result.seq_no)
+                    continue
+                item = queue.popleft()
+                if not queue:
+                    del waiting[item.key]
+                state["answered"] = True
+                if result.kind == 2 and result.error.code in RETRYABLE and loop.time() < item.deadline:
+                    # The downstream is draining or full: send again after a pause.
+                    delay = self.backoff.delay(item.attempts)
+                    item.parked = True
+                    loop.call_later(delay, self._requeue, item)
+                    continue
+                if not item.future.done():
+                    item.future.set_result(result)
+
+    def _requeue(self, item: _Send) -> None:
+        item.parked = False
+        if item.future.done() or self._closed:
+            return
+        self.resent += 1
+        self._backlog.append(item)
+        self._wake.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name=f"aios-link-{self.address}")
+
+    def _expire(self, now: float, last_error: str, failures: int) -> None:
+        keep: deque[_Send] = deque()
+        for item in self._backlog:
+            if item.future.done():
+                continue
+            if now >= item.deadline:
+                item.future.set_exception(LinkUnavailable(
+                    f"target {self.address} unreachable for {self.retry_timeout_s:g}s "
+                    f"({failures} attempts): {last_error}"
+                ))
+            else:
+                keep.append(item)
+        self._backlog = keep
+
+    def _fail_all(self, items: deque[_Send], why: str) -> None:
+        for item in items:
+            if not item.future.done():
+                item.future.set_exception(LinkUnavailable(f"target {self.address}: {why}"))
+        items.clear()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+__all__ = ["GrpcLink", "LinkUnavailable"]

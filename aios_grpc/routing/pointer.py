@@ -1,0 +1,181 @@
+"""Parsing ``output_ptr``: which targets a block's outputs go to.
+
+Three forms, all JSON text in the packet's ``output_ptr``:
+
+- empty (``""``, ``{}``, ``null``): answer the caller on its own stream.
+- ``{"outputs": [target, ...]}``: fan out to every target. The forwarded packets
+  carry an empty pointer, so the next block answers its caller (the sender).
+- ``{"is_graph": true, "graph": {"<block_id>": {"outputs": [...]}, "final": {...}}}``:
+  the whole graph travels with the packet and each hop looks up its own block id.
+  An entry may also be ``"final"`` (or ``{"final": true}``) to use the graph's
+  ``final`` entry. A block id missing from the graph is an error: jumping to
+  ``final`` silently would skip the rest of the graph.
+
+A target is ``{"host", "port", "queue_name", "block_id", "transport"}``:
+
+==========================  ==========================================================
+``transport``               delivery
+==========================  ==========================================================
+``"grpc"``                  a Process stream to ``host:port``
+``"redis"``/``"redis-list"``  ``LPUSH queue_name`` on the Redis server ``host:port``
+``"redis-stream"``          ``XADD queue_name * packet <bytes>`` on ``host:port``
+absent (the original form)  ``port == 0``: gRPC to ``host`` (``host`` may carry
+                            ``:port``; else port 50051); any other port: Redis list
+==========================  ==========================================================
+
+>>> plan = parse_output_ptr('{"outputs": [{"host": "b", "port": 6379, "queue_name": "q"}]}', "a")
+>>> plan.targets[0].transport, plan.targets[0].address
+('redis-list', 'b:6379')
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from aios_grpc.errors import InvalidPacket
+
+GRPC = "grpc"
+REDIS_LIST = "redis-list"
+REDIS_STREAM = "redis-stream"
+DEFAULT_GRPC_PORT = 50051
+_TRANSPORTS = {
+    "grpc": GRPC,
+    "redis": REDIS_LIST,
+    "redis-list": REDIS_LIST,
+    "redis_list": REDIS_LIST,
+    "list": REDIS_LIST,
+    "redis-stream": REDIS_STREAM,
+    "redis_stream": REDIS_STREAM,
+    "stream": REDIS_STREAM,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One destination of a block's outputs."""
+
+    transport: str
+    host: str
+    port: int
+    queue_name: str = ""
+    block_id: str = ""
+
+    @property
+    def address(self) -> str:
+        """``host:port``, the key the allow-list matches and links are pooled by."""
+        return f"{self.host}:{self.port}"
+
+    def describe(self) -> str:
+        """A short name for errors and logs."""
+        where = f"{self.transport}://{self.address}"
+        return f"{where}/{self.queue_name}" if self.queue_name else where
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Where outputs go: ``targets`` (empty: back to the caller) and the pointer they carry."""
+
+    targets: tuple[Target, ...]
+    forward_ptr: str = ""
+
+
+ANSWER_CALLER = Plan(())
+
+
+def _bad(message: str) -> InvalidPacket:
+    return InvalidPacket(f"output_ptr: {message}", stage="route")
+
+
+def parse_target(raw: Any) -> Target:
+    """A ``Target`` from one JSON object of an ``outputs`` list."""
+    if not isinstance(raw, dict):
+        raise _bad(f"a target must be a JSON object, got {raw!r:.80}")
+    host = raw.get("host")
+    if not isinstance(host, str) or not host:
+        raise _bad(f"target {raw!r:.80} has no host")
+    try:
+        port = int(raw.get("port", 0) or 0)
+    except (TypeError, ValueError):
+        raise _bad(f"target port {raw.get('port')!r:.40} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise _bad(f"target port {port} is out of range")
+    queue_name = raw.get("queue_name") or ""
+    block_id = raw.get("block_id") or ""
+    if not isinstance(queue_name, str) or not isinstance(block_id, str):
+        raise _bad("queue_name and block_id must be strings")
+    named = raw.get("transport")
+    if named is None:
+        transport = GRPC if port == 0 else REDIS_LIST
+    elif isinstance(named, str) and named.lower() in _TRANSPORTS:
+        transport = _TRANSPORTS[named.lower()]
+    else:
+        raise _bad(f"unknown transport {named!r:.40} (use grpc, redis-list or redis-stream)")
+    if transport == GRPC and port == 0:
+        head, sep, tail = host.rpartition(":")
+        if sep and tail.isdigit():
+            host, port = head, int(tail)
+        else:
+            port = DEFAULT_GRPC_PORT
+    if transport != GRPC:
+        if port == 0:
+            raise _bad(f"Redis target {host!r} needs a port")
+        if not queue_name:
+            raise _bad(f"Redis target {host}:{port} needs a queue_name")
+    return Target(transport, host, port, queue_name, block_id)
+
+
+def _targets(entry: Any, where: str) -> tuple[Target, ...]:
+    if not isinstance(entry, dict):
+        raise _bad(f"{where} must be a JSON object, got {entry!r:.80}")
+    outputs = entry.get("outputs", [])
+    if not isinstance(outputs, list):
+        raise _bad(f"{where}.outputs must be a list")
+    return tuple(parse_target(t) for t in outputs)
+
+
+def parse_output_ptr(output_ptr: str, block_id: str) -> Plan:
+    """The ``Plan`` for a packet's ``output_ptr`` at block ``block_id``.
+
+    Raises ``InvalidPacket`` naming what is wrong with the pointer.
+    """
+    text = output_ptr.strip() if output_ptr else ""
+    if not text:
+        return ANSWER_CALLER
+    try:
+        ptr = json.loads(text)
+    except ValueError as exc:
+        raise _bad(f"not JSON ({exc})") from None
+    if ptr is None or ptr == {}:
+        return ANSWER_CALLER
+    if not isinstance(ptr, dict):
+        raise _bad(f"must be a JSON object, got {type(ptr).__name__}")
+    if not ptr.get("is_graph"):
+        return Plan(_targets(ptr, "output_ptr"))
+    graph = ptr.get("graph")
+    if not isinstance(graph, dict):
+        raise _bad("is_graph is set but graph is not a JSON object")
+    if block_id not in graph:
+        raise _bad(f"graph has no entry for block {block_id!r} (entries: {sorted(graph)})")
+    entry = graph[block_id]
+    if entry == "final" or (isinstance(entry, dict) and entry.get("final") is True):
+        final = graph.get("final", {})
+        targets = _targets(final, "graph.final") if final else ()
+    else:
+        targets = _targets(entry, f"graph[{block_id!r}]")
+    # The whole graph travels on, so that the next hop finds its own entry.
+    return Plan(targets, text) if targets else ANSWER_CALLER
+
+
+__all__ = [
+    "ANSWER_CALLER",
+    "DEFAULT_GRPC_PORT",
+    "GRPC",
+    "REDIS_LIST",
+    "REDIS_STREAM",
+    "Plan",
+    "Target",
+    "parse_output_ptr",
+    "parse_target",
+]
