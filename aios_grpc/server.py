@@ -86,6 +86,7 @@ class BlockServer:
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
                 ("grpc.so_reuseport", 0),
+                *self._window_options(),
             ]
         )
         self._server = server
@@ -104,6 +105,15 @@ class BlockServer:
         log.info("listening on %s (block %s, instance %s)", self.address,
                  self.settings.block_id, self.settings.instance_id)
         await self._init_block()
+
+    def _window_options(self) -> list[tuple[str, int]]:
+        # grpc grows a stream's receive window with its bandwidth probe (to many MB),
+        # so a fast sender could park megabytes per stream in the server before the
+        # reader pauses; a fixed window keeps that bounded.
+        window = self.settings.stream_window_bytes
+        if window == 0:
+            return []
+        return [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", window)]
 
     async def _init_block(self) -> None:
         scheduler_pool = Scheduler.make_executor(self.settings)

@@ -105,6 +105,8 @@ class Settings(BaseSettings):
     """Incomplete muxer groups allowed at once; a packet opening one more gets RESOURCE_EXHAUSTED."""
     max_concurrent_batches: int = Field(1, ge=1, validation_alias=_env("MAX_CONCURRENT_BATCHES"))
     """``on_batch`` calls that may run at once (changeable at run time: action ``aios.batcher``)."""
+    stream_window_bytes: int = Field(1 << 20, ge=0, validation_alias=_env("STREAM_WINDOW_BYTES"))
+    """HTTP/2 receive window per stream: bytes a sender may have in flight unread; 0: grpc's adaptive window."""
     loop_block_threshold_s: float = Field(0.25, ge=0, validation_alias=_env("LOOP_BLOCK_THRESHOLD_S"))
     """Event-loop stall that the watchdog reports (once per call site, with the frame); 0: off."""
 

@@ -7,8 +7,8 @@ import time
 
 import grpc
 import pytest
-
 from aios_grpc_client import BlockClient, make_packet
+
 from tests.scheduler.blocks import AsyncBatchBlock, BatchBlock, SeedMuxerAndBatcherBlock
 
 

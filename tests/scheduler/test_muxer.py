@@ -6,8 +6,8 @@ import threading
 import time
 
 import grpc
-
 from aios_grpc_client import BlockClient, make_packet
+
 from tests.scheduler.blocks import MuxBlock
 
 
