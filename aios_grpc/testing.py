@@ -159,4 +159,5 @@ def serve_block(block_class: type[Any], **settings: Any) -> ServedBlock:
 
     settings.setdefault("host", "127.0.0.1")
     settings.setdefault("port", 0)
+    settings.setdefault("metrics_port", 0)  # never the shared default 9464 in tests
     return ServedBlock(block_class, load_settings(**settings))

@@ -1,16 +1,26 @@
 """Instance health: the standard ``grpc.health.v1.Health`` service, kept truthful.
 
 Status is NOT_SERVING until the block's ``__init__`` finished, then follows the
-block's ``health()`` (called every ``health_interval_s`` in a worker thread, with a
-timeout; an exception, a timeout or anything but ``{"status": "healthy"}`` is
-unhealthy and the reason is logged once per change), and goes NOT_SERVING for good
-when the instance drains. Both ``""`` and ``aios.block.v1.BlockService`` report it.
+block's ``health()`` (called every ``health_interval_s`` in a thread of its own, with
+a timeout; an exception, a timeout or anything but ``{"status": "healthy"}`` is
+unhealthy and the reason is logged once per change) and the scheduler watchdog
+(packets in flight but none answered for ``stall_s`` seconds is unhealthy), and goes
+NOT_SERVING for good when the instance drains. Both ``""`` and
+``aios.block.v1.BlockService`` report it; probes read the stored status, so a probe
+never calls ``health()``.
+
+``health()`` gets its own thread rather than the block's worker pool: a pool busy
+with slow ``on_data`` calls must not make a healthy block look dead. A ``health()``
+call that never returns keeps that thread; later checks see it still running and
+report unhealthy instead of starting another.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from grpc_health.v1 import health_pb2
@@ -44,10 +54,15 @@ def healthy(report: Any) -> tuple[bool, str]:
 class HealthMonitor:
     """Owns the health servicer and decides what it reports."""
 
-    def __init__(self, interval_s: float, timeout_s: float) -> None:
+    def __init__(self, interval_s: float, timeout_s: float, *, stall_s: float = 0.0) -> None:
         self.servicer = HealthServicer()
         self.interval_s = interval_s
         self.timeout_s = timeout_s
+        self.stall_s = stall_s
+        self._executor: ThreadPoolExecutor | None = None
+        self._running: Future[Any] | None = None
+        self._running_since = 0.0
+        self._progress = (0, 0.0)  # (scheduler.completed, when it last changed)
         self.block: BlockAdapter | None = None
         self.scheduler: Scheduler | None = None
         self.draining = False
@@ -85,6 +100,8 @@ class HealthMonitor:
         if self.draining:
             return False
         ok, reason = await self._probe()
+        if ok:
+            ok, reason = self._progressing()
         if not self.draining:
             await self.set_all(ok, reason)
         return ok
@@ -100,13 +117,48 @@ class HealthMonitor:
             if block.is_async["health"]:
                 report = await asyncio.wait_for(method(), self.timeout_s)
             else:
-                report = await asyncio.wait_for(scheduler.to_thread(method), self.timeout_s)
+                report = await asyncio.wait_for(self._in_thread(method), self.timeout_s)
+        except _StillRunning as exc:
+            return False, str(exc)
         except TimeoutError:
             return False, f"health() took longer than {self.timeout_s}s"
         except Exception as exc:
             return False, f"health() raised {type(exc).__name__}: {exc}"
         self.last_report = report
         return healthy(report)
+
+    async def _in_thread(self, method: Any) -> Any:
+        if self._running is not None and not self._running.done():
+            age = time.monotonic() - self._running_since
+            raise _StillRunning(f"health() has not returned for {age:.1f}s")
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="aios-health")
+        self._running_since = time.monotonic()
+        self._running = self._executor.submit(method)
+        return await asyncio.wrap_future(self._running)
+
+    def _progressing(self) -> tuple[bool, str]:
+        """The watchdog: unhealthy when packets are in flight and none was answered for ``stall_s``."""
+        scheduler = self.scheduler
+        if scheduler is None or self.stall_s <= 0:
+            return True, ""
+        now = time.monotonic()
+        completed = scheduler.completed
+        if completed != self._progress[0] or scheduler.in_flight <= 0:
+            self._progress = (completed, now)
+            return True, ""
+        stalled = now - self._progress[1]
+        if stalled >= self.stall_s:
+            return False, (
+                f"scheduler stalled: {scheduler.in_flight} packets in flight "
+                f"({scheduler.queue_depth} queued), none answered for {stalled:.1f}s "
+                f"(AIOS_HEALTH_STALL_S={self.stall_s:g})"
+            )
+        return True, ""
+
+    def status(self) -> dict[str, Any]:
+        """What heartbeats publish: serving, the reason when not, the last ``health()`` report."""
+        return {"serving": self.serving, "reason": self.reason, "report": self.last_report}
 
     async def _loop(self) -> None:
         while not self.draining:
@@ -122,3 +174,9 @@ class HealthMonitor:
         await self.set_all(False, "draining")
         if self._task is not None:
             self._task.cancel()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class _StillRunning(Exception):
+    """The previous ``health()`` call has not returned yet."""

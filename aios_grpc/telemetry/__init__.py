@@ -1,32 +1,39 @@
-"""The ``Telemetry`` seam: what the runtime reports about packets as they move.
+"""Telemetry: the no-op ``Telemetry`` seam and ``Observability`` (OpenTelemetry).
 
-The default does nothing and costs a method call; the OpenTelemetry
-implementation (metrics and traces) plugs in here. The scheduler calls these hooks
-on the event loop's thread.
+``from aios_grpc.telemetry import Telemetry`` is the seam the scheduler calls;
+``make_telemetry(settings)`` is what ``BlockServer`` uses by default. The
+OpenTelemetry implementation is imported only when it is asked for, so importing
+the SDK stays light.
 """
 
 from __future__ import annotations
 
-from aios_grpc.scheduler.job import Job, Result
+from typing import TYPE_CHECKING, Any
+
+from aios_grpc.telemetry._base import Telemetry
+
+if TYPE_CHECKING:
+    from aios_grpc.settings import Settings
+    from aios_grpc.telemetry._otel import Observability
 
 
-class Telemetry:
-    """No-op telemetry; subclass and override what you record."""
+def make_telemetry(settings: Settings, **kwargs: Any) -> Telemetry:
+    """``Observability`` for ``settings`` (``kwargs`` go to its constructor)."""
+    from aios_grpc.telemetry._otel import Observability
 
-    def packet_received(self, job: Job) -> None:
-        """A packet entered the scheduler."""
-
-    def stage_done(self, job: Job, stage: str, seconds: float) -> None:
-        """A stage ("queue", "preprocess", "data", "batch", "route") of a packet ended."""
-
-    def packet_answered(self, job: Job, result: Result) -> None:
-        """A packet got its terminal result."""
-
-    def queue_depth(self, depth: int, in_flight: int) -> None:
-        """The scheduler's queue depth and packets in flight changed."""
-
-    def batch_formed(self, size: int) -> None:
-        """A batch of ``size`` entries was handed to ``on_batch``."""
+    return Observability(settings, **kwargs)
 
 
-__all__ = ["Telemetry"]
+def __getattr__(name: str) -> Any:
+    if name == "Observability":
+        from aios_grpc.telemetry._otel import Observability
+
+        return Observability
+    if name == "OTelMetricsBackend":
+        from aios_grpc.telemetry._metrics import OTelMetricsBackend
+
+        return OTelMetricsBackend
+    raise AttributeError(name)
+
+
+__all__ = ["OTelMetricsBackend", "Observability", "Telemetry", "make_telemetry"]

@@ -1,0 +1,66 @@
+"""The ``Telemetry`` seam: what the runtime reports about packets as they move.
+
+The default does nothing and costs a method call. ``aios_grpc.telemetry.Observability``
+(metrics and traces on OpenTelemetry) is the implementation the server uses unless
+told otherwise. The scheduler calls the packet hooks on the event loop's thread;
+``instrument`` wraps the block's methods, which run in worker threads.
+
+>>> class Counting(Telemetry):
+...     def __init__(self) -> None:
+...         self.answered = 0
+...     def packet_answered(self, job, result) -> None:
+...         self.answered += 1
+>>> # BlockServer(MyBlock, telemetry=Counting())
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from aios_grpc.block import BlockAdapter
+    from aios_grpc.scheduler.job import Job, Result
+
+
+class Telemetry:
+    """No-op telemetry; subclass and override what you record."""
+
+    def packet_received(self, job: Job) -> None:
+        """A packet entered the scheduler."""
+
+    def stage_done(self, job: Job, stage: str, seconds: float) -> None:
+        """A stage ("queue", "preprocess", "data", "batch", "route") of a packet ended."""
+
+    def packet_answered(self, job: Job, result: Result) -> None:
+        """A packet got its terminal result."""
+
+    def queue_depth(self, depth: int, in_flight: int) -> None:
+        """The scheduler's queue depth and packets in flight changed."""
+
+    def batch_formed(self, size: int, jobs: Any = None) -> None:
+        """A batch of ``size`` entries was handed to ``on_batch`` (``jobs``: the jobs it carries)."""
+
+    def loop_lag(self, seconds: float) -> None:
+        """The event loop was late by ``seconds`` (measured by the scheduler's watchdog)."""
+
+    def muxer_groups(self, open_groups: int) -> None:
+        """The number of incomplete muxer groups changed."""
+
+    def instrument(self, block: BlockAdapter) -> None:
+        """The block was loaded; wrap its methods to time them (called once, before serving)."""
+
+    def bind(self, server: Any) -> None:
+        """The server was built (its ``scheduler`` comes later); read gauges from it."""
+
+    def snapshot(self) -> dict[str, Any]:
+        """Counters for heartbeats: ``received``, ``answered``, ``failed``, ``last_answered_at``."""
+        return {}
+
+    async def start(self) -> None:
+        """Start exporters (the Prometheus endpoint, OTLP); called by the server at start-up."""
+
+    async def stop(self) -> None:
+        """Flush and stop exporters; called once when the server stopped."""
+
+
+__all__ = ["Telemetry"]

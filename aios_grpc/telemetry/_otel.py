@@ -1,0 +1,371 @@
+"""``Observability``: the built-in metrics and the traces of one server, on OpenTelemetry.
+
+Metrics (names as Prometheus shows them):
+
+- ``aios_packets_received_total{source}``, ``aios_packets_answered_total{code}``,
+  ``aios_packets_failed_total{stage,code}``
+- ``aios_stage_duration_seconds{stage}`` (queue, preprocess, data, batch, route) and
+  ``aios_packet_duration_seconds`` (received to terminal answer)
+- ``aios_queue_depth``, ``aios_packets_in_flight``, ``aios_open_streams``,
+  ``aios_muxer_open_groups``, ``aios_serving`` (1 when the health status is SERVING)
+- ``aios_batch_size`` (entries per ``on_batch`` call), ``aios_event_loop_lag_seconds``
+
+Traces (only when a tracer provider is configured; otherwise no span is made and
+no header is touched): a span ``aios.packet`` per packet, parented on the W3C
+``traceparent`` of the packet's headers or, failing that, of the stream's gRPC
+metadata; child spans for the queue wait, ``on_preprocess``, ``on_data`` and
+routing; an ``aios.batch`` span per ``on_batch`` call linked to every packet it
+carried. The packet span's context is written back into the packet's headers, so
+outputs (which copy the input's headers) and anything the block forwards carry it
+to the next block: a chain of blocks yields one trace.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics._internal.exemplar import AlwaysOffExemplarFilter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode, TracerProvider
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from aios_grpc._version import __version__
+from aios_grpc.errors import status_of
+from aios_grpc.telemetry._base import Telemetry
+from aios_grpc.telemetry._export import (
+    MetricsEndpoint,
+    build_readers,
+    tracer_provider_from_env,
+    tracing_wanted,
+)
+from aios_grpc.telemetry._metrics import OTelMetricsBackend, attach_backend
+from aios_grpc.telemetry._stats import Key, Stats
+
+if TYPE_CHECKING:
+    from aios_grpc.block import BlockAdapter
+    from aios_grpc.scheduler.job import Job, Result
+    from aios_grpc.settings import Settings
+
+log = logging.getLogger("aios_grpc.telemetry")
+
+LATENCY_BOUNDS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+BATCH_BOUNDS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+STAGES = ("queue", "preprocess", "data", "batch", "route")
+_PROPAGATOR = TraceContextTextMapPropagator()
+
+
+class Observability(Telemetry):
+    """Metrics and traces of one block server.
+
+    ``tracer_provider`` turns tracing on from code (tests pass one with an in-memory
+    exporter); otherwise ``settings.tracing`` and the standard ``OTEL_*`` variables
+    decide. ``metric_readers`` adds readers to the Prometheus/OTLP ones chosen by
+    settings.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        tracer_provider: TracerProvider | None = None,
+        metric_readers: list[Any] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.resource = Resource.create(
+            {"service.name": settings.block_id, "service.instance.id": settings.instance_id}
+        )
+        self.server: Any = None
+        self.stats = Stats()
+        self._define_metrics()
+        readers, self.endpoint = build_readers(
+            self.stats, self.resource, settings.metrics_port, settings.host
+        )
+        readers.extend(metric_readers or [])
+        self.meter_provider = MeterProvider(
+            metric_readers=readers, resource=self.resource, exemplar_filter=AlwaysOffExemplarFilter()
+        )
+        self.meter = self.meter_provider.get_meter("aios_grpc.block", __version__)
+        self._define_gauges()
+        if tracer_provider is None and tracing_wanted(settings.tracing):
+            tracer_provider = tracer_provider_from_env(self.resource)
+            self._own_tracer_provider: Any = tracer_provider
+        else:
+            self._own_tracer_provider = None
+        self.tracer = tracer_provider.get_tracer("aios_grpc", __version__) if tracer_provider else None
+        self._live: dict[str, Any] = {}  # traceparent of a live packet span -> its context
+        self._muxer_groups = 0
+        self._last_answered_at = 0.0
+
+    # -- metrics ---------------------------------------------------------------------
+
+    def _define_metrics(self) -> None:
+        s = self.stats
+        self.received = s.counter("aios_packets_received", "Packets that entered the scheduler", "", ["source"])
+        self.answered = s.counter(
+            "aios_packets_answered", "Packets that got their terminal answer, by gRPC status code", "", ["code"]
+        )
+        self.failed = s.counter(
+            "aios_packets_failed", "Packets answered with an error, by failing stage and status code", "",
+            ["stage", "code"],
+        )
+        self.stage_seconds = s.histogram(
+            "aios_stage_duration_seconds", "Time a packet spent in one stage", "s", ["stage"], LATENCY_BOUNDS
+        )
+        self.packet_seconds = s.histogram(
+            "aios_packet_duration_seconds", "Time from a packet's arrival to its terminal answer", "s", [],
+            LATENCY_BOUNDS,
+        )
+        self.batch_size = s.histogram("aios_batch_size", "Entries per on_batch call", "", [], BATCH_BOUNDS)
+        self.lag_seconds = s.histogram(
+            "aios_event_loop_lag_seconds", "How late the event loop ran a timer", "s", [], LATENCY_BOUNDS
+        )
+        self._stage_keys: dict[str, Key] = {name: (name,) for name in STAGES}
+
+    def _define_gauges(self) -> None:
+        # Gauges are read when a reader collects, so they cost nothing per packet; they
+        # are SDK instruments, which also makes every collection carry SDK data (the
+        # SDK skips a collection that has none, and the aggregates ride along with it).
+        def gauge(name: str, description: str, read: Callable[[], float]) -> None:
+            def callback(options: CallbackOptions) -> Iterable[Observation]:
+                return [Observation(read())]
+
+            self.meter.create_observable_gauge(name, [callback], description=description)
+
+        def of(owner: str, attribute: str) -> Callable[[], float]:
+            return lambda: float(getattr(getattr(self.server, owner, None), attribute, 0) or 0)
+
+        gauge("aios_queue_depth", "Packets waiting for a worker", of("scheduler", "queue_depth"))
+        gauge("aios_packets_in_flight", "Packets received and not answered yet", of("scheduler", "in_flight"))
+        gauge("aios_open_streams", "Open Process streams", of("servicer", "open_streams"))
+        gauge("aios_muxer_open_groups", "Incomplete muxer groups", lambda: float(self._muxer_groups))
+        gauge("aios_serving", "1 when the gRPC health status is SERVING", of("health", "serving"))
+
+    @property
+    def metrics_port(self) -> int:
+        """The Prometheus endpoint's port (0 when it is off)."""
+        return self.endpoint.port if self.endpoint is not None else 0
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the Prometheus endpoint (if any)."""
+        if self.endpoint is not None and not self.endpoint.port:
+            self.endpoint.start()
+
+    def bind(self, server: Any) -> None:
+        """Read gauges from ``server`` and send the block's ``AIOSMetrics`` to OpenTelemetry."""
+        self.server = server
+        context = getattr(server, "context", None)
+        if context is not None and getattr(context, "metrics", None) is not None:
+            attach_backend(context.metrics, OTelMetricsBackend(self.meter))
+
+    async def stop(self) -> None:
+        """Stop the endpoint; flush and shut down the providers this object made."""
+        endpoint: MetricsEndpoint | None = self.endpoint
+        if endpoint is not None:
+            endpoint.stop()
+        self.meter_provider.shutdown(timeout_millis=2000)
+        if self._own_tracer_provider is not None:
+            self._own_tracer_provider.shutdown()
+
+    # -- hooks -------------------------------------------------------------------------
+
+    def packet_received(self, job: Job) -> None:
+        """Count the packet; with tracing, open its span and put its context in the headers."""
+        self.received.add((job.source,))
+        if self.tracer is None:
+            return
+        headers = job.packet.headers
+        carrier = headers if "traceparent" in headers else (job.trace or {})
+        parent = _PROPAGATOR.extract(carrier) if carrier else None
+        packet = job.packet
+        span = self.tracer.start_span(
+            "aios.packet",
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={
+                "aios.block_id": self.settings.block_id,
+                "aios.session_id": packet.session_id,
+                "aios.seq_no": packet.seq_no,
+                "aios.source": job.source,
+            },
+        )
+        ctx = trace.set_span_in_context(span)
+        _PROPAGATOR.inject(headers, context=ctx)
+        self._live[headers["traceparent"]] = ctx
+        job.trace = span
+
+    def stage_done(self, job: Job, stage: str, seconds: float) -> None:
+        """Time the stage; with tracing, add it to the packet's span as a child span."""
+        self.stage_seconds.observe(seconds, self._stage_keys.get(stage) or (stage,))
+        span = job.trace
+        if self.tracer is not None and span is not None and hasattr(span, "get_span_context"):
+            end = time.time_ns()
+            child = self.tracer.start_span(
+                f"aios.{stage}", context=trace.set_span_in_context(span), start_time=end - int(seconds * 1e9)
+            )
+            child.end(end_time=end)
+
+    def packet_answered(self, job: Job, result: Result) -> None:
+        """Count the answer and time the packet; with tracing, close its span."""
+        members = job.members or (job,)
+        now = time.monotonic()
+        error = result.error
+        if error is None:
+            key: Key = ("OK",)
+        else:
+            key = (status_of(error)[0].name,)
+        for member in members:
+            self.answered.add(key)
+            if error is not None:
+                self.failed.add((getattr(error, "stage", "") or "unknown", key[0]))
+            self.packet_seconds.observe(now - member.received)
+        self._last_answered_at = time.time()
+        if self.tracer is None:
+            return
+        spans = [m.trace for m in members if m is not job]
+        spans.append(job.trace)
+        for span in spans:
+            if span is None or not hasattr(span, "get_span_context"):
+                continue
+            if error is not None:
+                span.set_status(Status(StatusCode.ERROR, str(error)))
+            span.set_attribute("rpc.grpc.status_code", key[0])
+            span.end()
+        for member in members:
+            tp = member.packet.headers.get("traceparent")
+            if tp is not None:
+                self._live.pop(tp, None)
+
+    def batch_formed(self, size: int, jobs: Any = None) -> None:
+        """Batches are measured in the ``on_batch`` wrapper; nothing to do here."""
+
+    def loop_lag(self, seconds: float) -> None:
+        """Record the event loop's lag."""
+        self.lag_seconds.observe(seconds)
+
+    def muxer_groups(self, open_groups: int) -> None:
+        """Remember the number of open muxer groups for the gauge."""
+        self._muxer_groups = open_groups
+
+    def snapshot(self) -> dict[str, Any]:
+        """Totals for heartbeats."""
+        return {
+            "received": self.received.total(),
+            "answered": self.answered.total(),
+            "failed": self.failed.total(),
+            "last_answered_at": self._last_answered_at,
+        }
+
+    # -- block methods -----------------------------------------------------------------
+
+    def instrument(self, block: BlockAdapter) -> None:
+        """Wrap ``on_preprocess``, ``on_data`` and ``on_batch`` to time (and trace) them."""
+        for name, stage in (("on_preprocess", "preprocess"), ("on_data", "data"), ("on_batch", "batch")):
+            method = block.methods.get(name)
+            # An async generator is recognised by its function type, which a wrapper would hide.
+            if method is None or inspect.isasyncgenfunction(method):
+                continue
+            if block.is_async.get(name):
+                block.methods[name] = self._wrap_async(method, stage)
+            else:
+                block.methods[name] = self._wrap_sync(method, stage)
+
+    def _context_of(self, arg: Any, stage: str) -> Any:
+        if stage == "batch":
+            return None
+        packet = arg if stage == "preprocess" else getattr(arg, "packet", None)
+        headers = getattr(packet, "headers", None)
+        if not headers:
+            return None
+        tp = headers.get("traceparent")
+        ctx = self._live.get(tp) if tp else None
+        if ctx is None and tp:
+            ctx = _PROPAGATOR.extract(headers)
+        return ctx
+
+    def _batch_links(self, entries: Any) -> list[Link]:
+        links = []
+        for entry in entries or ():
+            ctx = self._context_of(entry, "data")
+            if ctx is not None:
+                span_context = trace.get_current_span(ctx).get_span_context()
+                if span_context.is_valid:
+                    links.append(Link(span_context))
+        return links
+
+    def _start_span(self, stage: str, arg: Any) -> tuple[Any, Any]:
+        assert self.tracer is not None
+        if stage == "batch":
+            size = len(arg) if hasattr(arg, "__len__") else 0
+            span = self.tracer.start_span(
+                "aios.batch", links=self._batch_links(arg), attributes={"aios.batch_size": size}
+            )
+        else:
+            span = self.tracer.start_span(f"aios.{stage}", context=self._context_of(arg, stage))
+        token = otel_context.attach(trace.set_span_in_context(span))
+        return span, token
+
+    def _wrap_sync(self, method: Callable[..., Any], stage: str) -> Callable[..., Any]:
+        key = self._stage_keys[stage]
+        observe = self.stage_seconds.observe
+        batch = self.batch_size.observe if stage == "batch" else None
+        tracer_on = self.tracer is not None
+
+        @functools.wraps(method)
+        def timed(arg: Any, *rest: Any) -> Any:
+            if batch is not None and hasattr(arg, "__len__"):
+                batch(len(arg))
+            span: Any = None
+            token: Any = None
+            if tracer_on:
+                span, token = self._start_span(stage, arg)
+            start = time.perf_counter()
+            try:
+                return method(arg, *rest)
+            finally:
+                observe(time.perf_counter() - start, key)
+                if span is not None:
+                    otel_context.detach(token)
+                    span.end()
+
+        return timed
+
+    def _wrap_async(self, method: Callable[..., Any], stage: str) -> Callable[..., Any]:
+        key = self._stage_keys[stage]
+        observe = self.stage_seconds.observe
+        batch = self.batch_size.observe if stage == "batch" else None
+        tracer_on = self.tracer is not None
+
+        @functools.wraps(method)
+        async def timed(arg: Any, *rest: Any) -> Any:
+            if batch is not None and hasattr(arg, "__len__"):
+                batch(len(arg))
+            span: Any = None
+            token: Any = None
+            if tracer_on:
+                span, token = self._start_span(stage, arg)
+            start = time.perf_counter()
+            try:
+                return await method(arg, *rest)
+            finally:
+                observe(time.perf_counter() - start, key)
+                if span is not None:
+                    otel_context.detach(token)
+                    span.end()
+
+        return timed
+
+
+__all__ = ["Observability"]
