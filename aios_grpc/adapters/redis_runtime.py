@@ -94,7 +94,7 @@ class RedisRuntime:
             self.ingresses.append(ListIngress(
                 self.client, scheduler, queue=s.redis_ingress_list, consumer=s.instance_id,
                 dead_letter=s.redis_dead_letter_stream, block_s=s.redis_block_ms / 1000,
-                max_in_flight=s.max_queued,
+                heartbeat_s=s.redis_claim_idle_s, max_in_flight=s.max_queued,
             ))
         for ingress in self.ingresses:
             await ingress.start()
