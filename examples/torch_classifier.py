@@ -1,0 +1,71 @@
+"""A batched torch classifier block: ``on_batch`` with a ``TimeBasedBatcher``.
+
+The model is a small MLP (256 -> 1024 -> 1024 -> 10) with RANDOM weights from a fixed
+seed: it classifies nothing meaningful; it stands in for a real model so that the
+serving path (batching, device choice, inference mode) can be run and measured.
+
+Input packet data: ``{"x": [256 numbers]}``. Output: ``{"label": int, "logits": [10 numbers]}``.
+
+Run it::
+
+    aios-grpc serve examples/torch_classifier.py:TorchClassifier
+    # or: python examples/torch_classifier.py
+
+Init parameters (``AIOS_BLOCK_INIT_PARAMETERS``): ``batch_n`` (32), ``batch_t`` (0.005 s),
+``half`` (false; used on a GPU only), ``threads`` (torch intra-op threads, default torch's).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from aios_grpc import Block, OnDataResult, PreProcessResult, TimeBasedBatcher
+from aios_grpc.torch import TorchModel
+
+IN_FEATURES = 256
+CLASSES = 10
+
+
+def build_mlp(seed: int = 0) -> torch.nn.Module:
+    """The example's MLP with random weights drawn from ``seed``."""
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        torch.nn.Linear(IN_FEATURES, 1024),
+        torch.nn.ReLU(),
+        torch.nn.Linear(1024, 1024),
+        torch.nn.ReLU(),
+        torch.nn.Linear(1024, CLASSES),
+    )
+
+
+class TorchClassifier:
+    """Serves ``build_mlp()`` on the allocated GPU (or the CPU), one forward pass per batch."""
+
+    def __init__(self, context):
+        params = context.block_init_parameters
+        if params.get("threads"):
+            torch.set_num_threads(int(params["threads"]))
+        self.batch_n = int(params.get("batch_n", 32))
+        self.batch_t = float(params.get("batch_t", 0.005))
+        self.model = TorchModel(build_mlp(), context, half=bool(params.get("half", False)))
+
+    def get_batcher(self):
+        return TimeBasedBatcher(N=self.batch_n, T=self.batch_t)
+
+    def on_preprocess(self, packet):
+        data = packet.json()
+        x = data.get("x") if isinstance(data, dict) else None
+        if not isinstance(x, list) or len(x) != IN_FEATURES:
+            return False, f'data must be {{"x": [{IN_FEATURES} numbers]}}'
+        return True, [PreProcessResult(packet=packet, extra_data={"x": x})]
+
+    def on_batch(self, entries):
+        logits = self.model.run([e.extra_data["x"] for e in entries])
+        return [
+            (True, OnDataResult(output={"label": max(range(CLASSES), key=row.__getitem__), "logits": row}))
+            for row in logits
+        ]
+
+
+if __name__ == "__main__":
+    Block(TorchClassifier).run()
