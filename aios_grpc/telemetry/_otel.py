@@ -234,11 +234,9 @@ class Observability(Telemetry):
         self._last_answered_at = time.time()
         if self.tracer is None:
             return
-        spans = [m.trace for m in members if m is not job]
-        spans.append(job.trace)
-        for span in spans:
-            if span is None or not hasattr(span, "get_span_context"):
-                continue
+        # A merged (muxed) job carries its last member's span: end each span once.
+        spans = {id(m.trace): m.trace for m in (*members, job) if hasattr(m.trace, "get_span_context")}
+        for span in spans.values():
             if error is not None:
                 span.set_status(Status(StatusCode.ERROR, str(error)))
             span.set_attribute("rpc.grpc.status_code", key[0])
@@ -249,7 +247,8 @@ class Observability(Telemetry):
                 self._live.pop(tp, None)
 
     def batch_formed(self, size: int, jobs: Any = None) -> None:
-        """Batches are measured in the ``on_batch`` wrapper; nothing to do here."""
+        """Record the batch's size."""
+        self.batch_size.observe(size)
 
     def loop_lag(self, seconds: float) -> None:
         """Record the event loop's lag."""
@@ -271,11 +270,18 @@ class Observability(Telemetry):
     # -- block methods -----------------------------------------------------------------
 
     def instrument(self, block: BlockAdapter) -> None:
-        """Wrap ``on_preprocess``, ``on_data`` and ``on_batch`` to time (and trace) them."""
+        """Wrap ``on_preprocess`` and ``on_data`` to time (and trace) them, and ``on_batch`` to trace it.
+
+        The batcher times batches itself (``stage_done(job, "batch", ...)`` per packet and
+        ``batch_formed``), so ``on_batch`` is wrapped only when tracing is on. A generator
+        ``on_data`` is timed until it returns its generator, not over its items.
+        """
         for name, stage in (("on_preprocess", "preprocess"), ("on_data", "data"), ("on_batch", "batch")):
             method = block.methods.get(name)
             # An async generator is recognised by its function type, which a wrapper would hide.
             if method is None or inspect.isasyncgenfunction(method):
+                continue
+            if stage == "batch" and self.tracer is None:
                 continue
             if block.is_async.get(name):
                 block.methods[name] = self._wrap_async(method, stage)
@@ -319,14 +325,11 @@ class Observability(Telemetry):
 
     def _wrap_sync(self, method: Callable[..., Any], stage: str) -> Callable[..., Any]:
         key = self._stage_keys[stage]
-        observe = self.stage_seconds.observe
-        batch = self.batch_size.observe if stage == "batch" else None
+        observe = self.stage_seconds.observe if stage != "batch" else None
         tracer_on = self.tracer is not None
 
         @functools.wraps(method)
         def timed(arg: Any, *rest: Any) -> Any:
-            if batch is not None and hasattr(arg, "__len__"):
-                batch(len(arg))
             span: Any = None
             token: Any = None
             if tracer_on:
@@ -335,7 +338,8 @@ class Observability(Telemetry):
             try:
                 return method(arg, *rest)
             finally:
-                observe(time.perf_counter() - start, key)
+                if observe is not None:
+                    observe(time.perf_counter() - start, key)
                 if span is not None:
                     otel_context.detach(token)
                     span.end()
@@ -344,14 +348,11 @@ class Observability(Telemetry):
 
     def _wrap_async(self, method: Callable[..., Any], stage: str) -> Callable[..., Any]:
         key = self._stage_keys[stage]
-        observe = self.stage_seconds.observe
-        batch = self.batch_size.observe if stage == "batch" else None
+        observe = self.stage_seconds.observe if stage != "batch" else None
         tracer_on = self.tracer is not None
 
         @functools.wraps(method)
         async def timed(arg: Any, *rest: Any) -> Any:
-            if batch is not None and hasattr(arg, "__len__"):
-                batch(len(arg))
             span: Any = None
             token: Any = None
             if tracer_on:
@@ -360,7 +361,8 @@ class Observability(Telemetry):
             try:
                 return await method(arg, *rest)
             finally:
-                observe(time.perf_counter() - start, key)
+                if observe is not None:
+                    observe(time.perf_counter() - start, key)
                 if span is not None:
                     otel_context.detach(token)
                     span.end()
