@@ -12,7 +12,18 @@ from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from aios_grpc_client._client import _channel_options, _struct
-from aios_grpc_client._types import PacketLike, Result, make_packet, pb, requests_of, results_of, to_packets
+from aios_grpc_client._types import (
+    DEFAULT_COALESCE,
+    END,
+    PacketLike,
+    Result,
+    async_window_requests,
+    make_packet,
+    pb,
+    requests_of,
+    results_of,
+    to_packets,
+)
 
 _CLOSE = object()
 
@@ -51,17 +62,51 @@ class AsyncBlockClient:
         session_id: str = "session",
         first_seq_no: int = 1,
         coalesce: int = 0,
+        coalesce_window_s: float = 0.0,
         timeout: float | None = None,
     ) -> AsyncIterator[Result]:
-        """Send ``packets`` on one Process stream; yield every result as it comes."""
-        if isinstance(packets, AsyncIterable):
-            requests: Any = self._async_requests(packets, session_id, first_seq_no, coalesce)
+        """Send ``packets`` on one Process stream; yield every result as it comes.
+
+        ``coalesce=N`` sends up to N packets per request message; ``coalesce_window_s=W``
+        sends the packets produced within W seconds of each other in one request (at
+        most ``coalesce``, 256 by default).
+        """
+        feeder: asyncio.Task[None] | None = None
+        if coalesce_window_s > 0:
+            limit = coalesce if coalesce > 1 else DEFAULT_COALESCE
+            source: asyncio.Queue[Any] = asyncio.Queue(maxsize=2 * limit)
+            feeder = asyncio.create_task(self._feed(packets, session_id, first_seq_no, source))
+            requests: Any = async_window_requests(source, coalesce, coalesce_window_s)
+        elif isinstance(packets, AsyncIterable):
+            requests = self._async_requests(packets, session_id, first_seq_no, coalesce)
         else:
             requests = requests_of(to_packets(packets, session_id, first_seq_no), coalesce)
-        call = self._stub.Process(requests, timeout=timeout, metadata=self.metadata)
-        async for response in call:
-            for result in results_of(response):
-                yield result
+        try:
+            call = self._stub.Process(requests, timeout=timeout, metadata=self.metadata)
+            async for response in call:
+                for result in results_of(response):
+                    yield result
+        finally:
+            if feeder is not None:
+                feeder.cancel()
+
+    @staticmethod
+    async def _feed(
+        packets: Iterable[PacketLike] | AsyncIterable[PacketLike],
+        session_id: str,
+        first_seq_no: int,
+        target: asyncio.Queue[Any],
+    ) -> None:
+        seq = first_seq_no
+        if isinstance(packets, AsyncIterable):
+            async for item in packets:
+                await target.put(item if isinstance(item, pb.Packet) else
+                                 make_packet(item, session_id=session_id, seq_no=seq))
+                seq += 1
+        else:
+            for packet in to_packets(packets, session_id, first_seq_no):
+                await target.put(packet)
+        await target.put(END)
 
     @staticmethod
     async def _async_requests(
@@ -89,9 +134,15 @@ class AsyncBlockClient:
                 return result
         raise RuntimeError("stream ended without a terminal result")
 
-    def stream(self, *, timeout: float | None = None) -> AsyncProcessStream:
-        """An open Process stream to ``send`` packets on and read ``results`` from."""
-        return AsyncProcessStream(self._stub, self.metadata, timeout)
+    def stream(
+        self, *, timeout: float | None = None, coalesce: int = 0, coalesce_window_s: float = 0.0
+    ) -> AsyncProcessStream:
+        """An open Process stream to ``send`` packets on and read ``results`` from.
+
+        With ``coalesce_window_s=W``, packets sent within W seconds of each other go in
+        one request message (at most ``coalesce``, 256 by default).
+        """
+        return AsyncProcessStream(self._stub, self.metadata, timeout, coalesce, coalesce_window_s)
 
     async def set_parameters(self, parameters: Mapping[str, Any], *, timeout: float | None = None) -> dict[str, Any]:
         """Apply parameters; returns ``{"applied": {...}, "parameters": {...}}``."""
@@ -119,9 +170,20 @@ class AsyncBlockClient:
 class AsyncProcessStream:
     """An open Process stream: ``await send(...)``, iterate ``results()``, then ``close``."""
 
-    def __init__(self, stub: pb_grpc.BlockServiceStub, metadata: list[tuple[str, str]], timeout: float | None) -> None:
+    def __init__(
+        self,
+        stub: pb_grpc.BlockServiceStub,
+        metadata: list[tuple[str, str]],
+        timeout: float | None,
+        coalesce: int = 0,
+        coalesce_window_s: float = 0.0,
+    ) -> None:
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
-        self._call = stub.Process(self._requests(), timeout=timeout, metadata=metadata)
+        self._window = coalesce_window_s > 0
+        requests = (
+            async_window_requests(self._queue, coalesce, coalesce_window_s) if self._window else self._requests()
+        )
+        self._call = stub.Process(requests, timeout=timeout, metadata=metadata)
         self._closed = False
 
     async def _requests(self) -> AsyncIterator[pb.ProcessRequest]:
@@ -135,14 +197,18 @@ class AsyncProcessStream:
         """Send one packet, or several in one request message."""
         if self._closed:
             raise RuntimeError("stream is closed for sending")
-        request = pb.ProcessRequest(packets=packet) if isinstance(packet, list) else pb.ProcessRequest(packet=packet)
-        await self._queue.put(request)
+        if isinstance(packet, list):
+            await self._queue.put(pb.ProcessRequest(packets=packet))
+        elif self._window:
+            await self._queue.put(packet)
+        else:
+            await self._queue.put(pb.ProcessRequest(packet=packet))
 
     async def close(self) -> None:
         """Half-close: results keep coming until every packet is answered."""
         if not self._closed:
             self._closed = True
-            await self._queue.put(_CLOSE)
+            await self._queue.put(END if self._window else _CLOSE)
 
     def cancel(self) -> None:
         """Abandon the stream."""

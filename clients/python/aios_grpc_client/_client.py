@@ -13,7 +13,18 @@ from aios.block.v1 import block_pb2_grpc as pb_grpc
 from google.protobuf import json_format, struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from aios_grpc_client._types import PacketLike, Result, pb, requests_of, results_of, to_packets
+from aios_grpc_client._types import (
+    DEFAULT_COALESCE,
+    END,
+    PacketLike,
+    Result,
+    feed_thread,
+    pb,
+    requests_of,
+    results_of,
+    to_packets,
+    window_requests,
+)
 
 _CLOSE = object()
 
@@ -70,6 +81,7 @@ class BlockClient:
         session_id: str = "session",
         first_seq_no: int = 1,
         coalesce: int = 0,
+        coalesce_window_s: float = 0.0,
         timeout: float | None = None,
     ) -> Iterator[Result]:
         """Send ``packets`` on one Process stream; yield every result as it comes.
@@ -77,11 +89,24 @@ class BlockClient:
         Items may be ``Packet`` messages or JSON-able values (sent with ``session_id``
         and seq_no counting from ``first_seq_no``). ``coalesce=N`` sends up to N packets
         per request message, which raises throughput for small packets.
+        ``coalesce_window_s=W`` sends the packets produced within W seconds of each
+        other in one request (at most ``coalesce``, 256 by default), so a slow producer
+        is not held back waiting for N packets.
         """
-        requests = requests_of(to_packets(packets, session_id, first_seq_no), coalesce)
-        responses = self._stub.Process(requests, timeout=timeout, metadata=self.metadata)
-        for response in responses:
-            yield from results_of(response)
+        stop = threading.Event()
+        if coalesce_window_s > 0:
+            limit = coalesce if coalesce > 1 else DEFAULT_COALESCE
+            source: queue.Queue[Any] = queue.Queue(maxsize=2 * limit)
+            feed_thread(to_packets(packets, session_id, first_seq_no), source, stop)
+            requests = window_requests(source, coalesce, coalesce_window_s)
+        else:
+            requests = requests_of(to_packets(packets, session_id, first_seq_no), coalesce)
+        try:
+            responses = self._stub.Process(requests, timeout=timeout, metadata=self.metadata)
+            for response in responses:
+                yield from results_of(response)
+        finally:
+            stop.set()
 
     def run(self, data: Any, *, session_id: str = "session", seq_no: int = 1, timeout: float | None = None) -> Result:
         """Process one input and return its terminal result."""
@@ -90,9 +115,15 @@ class BlockClient:
                 return result
         raise RuntimeError("stream ended without a terminal result")
 
-    def stream(self, *, timeout: float | None = None) -> ProcessStream:
-        """An open Process stream to ``send`` packets on and read ``results`` from."""
-        return ProcessStream(self._stub, self.metadata, timeout)
+    def stream(
+        self, *, timeout: float | None = None, coalesce: int = 0, coalesce_window_s: float = 0.0
+    ) -> ProcessStream:
+        """An open Process stream to ``send`` packets on and read ``results`` from.
+
+        With ``coalesce_window_s=W``, packets sent within W seconds of each other go in
+        one request message (at most ``coalesce``, 256 by default).
+        """
+        return ProcessStream(self._stub, self.metadata, timeout, coalesce, coalesce_window_s)
 
     def set_parameters(self, parameters: Mapping[str, Any], *, timeout: float | None = None) -> dict[str, Any]:
         """Apply parameters; returns ``{"applied": {...}, "parameters": {...}}``."""
@@ -136,10 +167,21 @@ class BlockClient:
 class ProcessStream:
     """An open Process stream: ``send`` packets, iterate ``results()``, then ``close``."""
 
-    def __init__(self, stub: pb_grpc.BlockServiceStub, metadata: list[tuple[str, str]], timeout: float | None) -> None:
+    def __init__(
+        self,
+        stub: pb_grpc.BlockServiceStub,
+        metadata: list[tuple[str, str]],
+        timeout: float | None,
+        coalesce: int = 0,
+        coalesce_window_s: float = 0.0,
+    ) -> None:
         self._queue: queue.Queue[Any] = queue.Queue()
         self._closed = threading.Event()
-        self._responses = stub.Process(self._requests(), timeout=timeout, metadata=metadata)
+        self._window = coalesce_window_s > 0
+        requests = (
+            window_requests(self._queue, coalesce, coalesce_window_s) if self._window else self._requests()
+        )
+        self._responses = stub.Process(requests, timeout=timeout, metadata=metadata)
 
     def _requests(self) -> Iterator[pb.ProcessRequest]:
         while True:
@@ -154,6 +196,8 @@ class ProcessStream:
             raise RuntimeError("stream is closed for sending")
         if isinstance(packet, list):
             self._queue.put(pb.ProcessRequest(packets=packet))
+        elif self._window:
+            self._queue.put(packet)
         else:
             self._queue.put(pb.ProcessRequest(packet=packet))
 
@@ -161,7 +205,7 @@ class ProcessStream:
         """Half-close: no more packets; results keep coming until every packet is answered."""
         if not self._closed.is_set():
             self._closed.set()
-            self._queue.put(_CLOSE)
+            self._queue.put(END if self._window else _CLOSE)
 
     def cancel(self) -> None:
         """Abandon the stream."""

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,3 +145,117 @@ def requests_of(packets: Iterable[pb.Packet], coalesce: int) -> Iterator[pb.Proc
             group = []
     if group:
         yield pb.ProcessRequest(packets=group)
+
+
+#: Most packets one request carries when only a time window is given.
+DEFAULT_COALESCE = 256
+
+
+class EndOfPackets:
+    """Put on a coalescing queue after the last packet."""
+
+
+END = EndOfPackets()
+
+
+def window_requests(
+    source: queue.Queue[Any], coalesce: int, window_s: float
+) -> Iterator[pb.ProcessRequest]:
+    """Requests from packets taken off ``source`` until ``END``.
+
+    Packets put within ``window_s`` seconds of a group's first packet go in one
+    request (at most ``coalesce``); a ``ProcessRequest`` put on the queue is sent as
+    is, after the group before it. A group never waits longer than ``window_s``.
+    """
+    limit = coalesce if coalesce > 1 else DEFAULT_COALESCE
+    while True:
+        item = source.get()
+        if item is END:
+            return
+        if isinstance(item, pb.ProcessRequest):
+            yield item
+            continue
+        group = [item]
+        close_at = time.monotonic() + window_s
+        tail: Any = None
+        while len(group) < limit:
+            remaining = close_at - time.monotonic()
+            try:
+                nxt = source.get(timeout=remaining) if remaining > 0 else source.get_nowait()
+            except queue.Empty:
+                break
+            if nxt is END or isinstance(nxt, pb.ProcessRequest):
+                tail = nxt
+                break
+            group.append(nxt)
+        yield pb.ProcessRequest(packets=group)
+        if tail is END:
+            return
+        if tail is not None:
+            yield tail
+
+
+async def async_window_requests(
+    source: asyncio.Queue[Any], coalesce: int, window_s: float
+) -> AsyncIterator[pb.ProcessRequest]:
+    """``window_requests`` for an ``asyncio.Queue``."""
+    limit = coalesce if coalesce > 1 else DEFAULT_COALESCE
+    while True:
+        item = await source.get()
+        if item is END:
+            return
+        if isinstance(item, pb.ProcessRequest):
+            yield item
+            continue
+        group = [item]
+        close_at = time.monotonic() + window_s
+        tail: Any = None
+        while len(group) < limit:
+            try:
+                nxt = source.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = close_at - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    nxt = await asyncio.wait_for(source.get(), remaining)
+                except TimeoutError:
+                    break
+            if nxt is END or isinstance(nxt, pb.ProcessRequest):
+                tail = nxt
+                break
+            group.append(nxt)
+        yield pb.ProcessRequest(packets=group)
+        if tail is END:
+            return
+        if tail is not None:
+            yield tail
+
+
+def feed_thread(
+    packets: Iterable[pb.Packet], target: queue.Queue[Any], stop: threading.Event
+) -> threading.Thread:
+    """A daemon thread that puts ``packets`` then ``END`` on ``target``.
+
+    ``target`` is bounded, so the thread waits while the stream is slow; ``stop``
+    ends it when the stream is gone.
+    """
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                target.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        for packet in packets:
+            if not put(packet):
+                return
+        put(END)
+
+    thread = threading.Thread(target=run, name="aios-client-feed", daemon=True)
+    thread.start()
+    return thread
