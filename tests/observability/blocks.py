@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 from aios_grpc_client import BlockClient, make_packet
 
@@ -46,6 +47,7 @@ class SwitchableHealth:
     """health() answers what management("health", {...}) told it: healthy, a status, or raise."""
 
     def __init__(self, context):
+        time.sleep(float(context.block_init_parameters.get("init_s", 0)))
         self.mode = {"status": "healthy"}
 
     def on_data(self, entry):
