@@ -28,6 +28,9 @@ log = logging.getLogger("aios_grpc.routing")
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE.value[0], grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]}
 
 
+_MAX_PER_MESSAGE = 64
+
+
 class LinkUnavailable(Exception):
     """The target could not take the packet within the retry time."""
 
@@ -145,13 +148,20 @@ class GrpcLink:
         try:
             while True:
                 while self._backlog:
-                    item = self._backlog.popleft()
-                    if item.future.done():
-                        continue
-                    item.attempts += 1
-                    sent.append(item)
-                    waiting.setdefault(item.key, deque()).append(item)
-                    await call.write(pb.ProcessRequest(packet=item.packet))
+                    # Several waiting packets travel in one message: one write, one HTTP/2 frame.
+                    group: list[pb.Packet] = []
+                    while self._backlog and len(group) < _MAX_PER_MESSAGE:
+                        item = self._backlog.popleft()
+                        if item.future.done():
+                            continue
+                        item.attempts += 1
+                        sent.append(item)
+                        waiting.setdefault(item.key, deque()).append(item)
+                        group.append(item.packet)
+                    if len(group) == 1:
+                        await call.write(pb.ProcessRequest(packet=group[0]))
+                    elif group:
+                        await call.write(pb.ProcessRequest(packets=group))
                     if reader.done():
                         break
                 if reader.done():
