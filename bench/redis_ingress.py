@@ -22,7 +22,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import re
 import subprocess
 import sys
 import threading
