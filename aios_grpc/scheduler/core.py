@@ -72,6 +72,9 @@ class Scheduler:
         self._queue: asyncio.Queue[Job] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._side_tasks: set[asyncio.Task[None]] = set()
+        # Streamed (partial) outputs of routed jobs on their way downstream; the job's
+        # terminal result waits for them.
+        self._partial_routes: dict[Job, list[asyncio.Task[list[AIOSPacket]]]] = {}
         self._idle: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
@@ -114,7 +117,7 @@ class Scheduler:
         """The ``aios.batcher`` management action: change n, t, max_concurrent_batches at run time.
 
         ``data`` holds any of ``n``, ``t`` and ``max_concurrent_batches``; empty data just
-        reports the current settings.
+        reports the current settings. The answer adds ``histogram``: calls per batch size.
         """
         from aios_grpc.errors import ConfigurationError, ParametersRejected
 
@@ -126,9 +129,12 @@ class Scheduler:
                 f"aios.batcher takes n, t and max_concurrent_batches; unknown: {sorted(unknown)}"
             )
         try:
-            return self.batch_stage.configure(**data)
+            info = self.batch_stage.configure(**data) if data else self.batch_stage.info()
         except ConfigurationError as exc:
             raise ParametersRejected(f"aios.batcher: {exc}") from None
+        # How many on_batch calls had each size since start-up (JSON keys are strings).
+        info["histogram"] = {str(k): v for k, v in sorted(self.batch_stage.sizes.items())}
+        return info
 
     def _on_loop_lag(self, seconds: float) -> None:
         self.telemetry.loop_lag(seconds)
@@ -260,6 +266,22 @@ class Scheduler:
             assert self._loop is not None
             self._loop.call_soon_threadsafe(self.partial, job, output)
             return
+        if self.router.wants(job):
+            # A routed packet streams each output downstream as it comes.
+            tasks = self._partial_routes.setdefault(job, [])
+            tasks.append(asyncio.create_task(self._route_partial(job, output, tasks[-1] if tasks else None)))
+            return
+        self._send_partial(job, output)
+
+    async def _route_partial(
+        self, job: Job, output: AIOSPacket, previous: asyncio.Task[list[AIOSPacket]] | None
+    ) -> list[AIOSPacket]:
+        if previous is not None:
+            # One after the other, so that a target receives the stream in order.
+            await asyncio.wait([previous])
+        return await self.router.route(job, [output])
+
+    def _send_partial(self, job: Job, output: AIOSPacket) -> None:
         try:
             job.reply(Result(Kind.PARTIAL, output=output))
         except Exception:
@@ -365,6 +387,7 @@ class Scheduler:
 
     def _finish(self, job: Job, res: list[AIOSPacket] | BaseException) -> None:
         if isinstance(res, BaseException):
+            self._partial_routes.pop(job, None)  # those already sent finish on their own
             if not isinstance(res, PacketError):
                 log.error("packet %s/%s failed: %r", job.packet.session_id, job.packet.seq_no, res)
             self.answer(job, Result(Kind.ERROR, error=res))
@@ -379,7 +402,12 @@ class Scheduler:
     async def _route(self, job: Job, outputs: list[AIOSPacket]) -> None:
         start = time.monotonic()
         try:
-            back = await self.router.route(job, outputs)
+            back: list[AIOSPacket] = []
+            for streamed in await asyncio.gather(*self._partial_routes.pop(job, []), return_exceptions=True):
+                if isinstance(streamed, BaseException):
+                    raise streamed
+                back.extend(streamed)
+            back.extend(await self.router.route(job, outputs))
         except Exception as exc:
             self.answer(job, Result(Kind.ERROR, error=exc))
             return
@@ -392,7 +420,7 @@ class Scheduler:
             self.answer(job, Result(Kind.OK, output=outputs[0]))
             return
         for output in outputs:
-            self.partial(job, output)
+            self._send_partial(job, output)
         self.answer(job, Result(Kind.OK))
 
 

@@ -110,3 +110,17 @@ def test_redis_list_target_gets_protobuf_packets_and_down_redis_is_unavailable(s
     down = {"outputs": [{"host": "127.0.0.1", "port": free_port(), "queue_name": "out"}]}
     result = run_one(a.address, {"v": 2}, down)
     assert result.error.code == grpc.StatusCode.UNAVAILABLE and "attempts" in result.error.message
+
+
+def test_streamed_outputs_of_a_routed_packet_go_downstream_before_its_answer(serve, redis_server) -> None:
+    from tests.blocks.basic import StreamingBlock
+
+    a = serve(StreamingBlock, block_id="a", route_allow=ALLOW)
+    target = {"outputs": [{"host": "127.0.0.1", "port": redis_server.port, "queue_name": "tokens"}]}
+    with BlockClient(a.address) as client:
+        packet = make_packet({"text": "one two three"}, session_id="s", seq_no=1, output_ptr=target)
+        results = list(client.process([packet], timeout=60))
+    # The caller gets only the terminal OK, sent once every token reached the target.
+    assert [r.kind for r in results] == ["ok"]
+    tokens = [json.loads(pb.Packet.FromString(x).data)["token"] for x in redis_server.client().lrange("tokens", 0, -1)]
+    assert list(reversed(tokens)) == ["one", "two", "three"]  # LPUSH: newest first
