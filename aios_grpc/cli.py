@@ -3,6 +3,8 @@
 - ``aios-grpc serve MODULE:CLASS [--host H] [--port P] [--workers N]``: serve a block.
 - ``aios-grpc health HOST:PORT [--service NAME] [--timeout S]``: exit 0 when SERVING,
   1 otherwise, with a one-line reason (a Kubernetes exec probe or a script check).
+- ``aios-grpc block-health-server [--port P] [--redis URL] [--policy MODULE:CLASS]``:
+  answer ``GET /block/health/<block_id>`` from the instances' heartbeats in Redis.
 
 Errors a user can cause (a module that does not import, a bad setting) print one
 line and exit 2, without a traceback.
@@ -16,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from aios_grpc.errors import AiosError
+from aios_grpc.errors import AiosError, ConfigurationError
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -51,6 +53,51 @@ def _health(args: argparse.Namespace) -> int:
     return 0 if status == "SERVING" else 1
 
 
+def _block_health_server(args: argparse.Namespace) -> int:
+    import json
+    import signal
+    import threading
+
+    from aios_grpc.blockhealth import Aggregator, BlockHealthServer, load_block_health_settings
+
+    overrides: dict[str, Any] = {}
+    for arg, field in (("host", "block_health_host"), ("port", "block_health_port"), ("redis", "redis_url"),
+                       ("max_age", "block_health_max_age_s"), ("prefix", "heartbeat_prefix")):
+        if getattr(args, arg) is not None:
+            overrides[field] = getattr(args, arg)
+    if args.policy:
+        overrides["block_health_policies"] = [json.loads(p) if p.lstrip().startswith("{") else p for p in args.policy]
+    settings = load_block_health_settings(**overrides)
+    aggregator = Aggregator.from_settings(settings)
+    try:
+        aggregator.client.ping()
+    except Exception as exc:
+        print(f"aios-grpc: warning: Redis at {settings.redis_url} does not answer yet ({exc}); "
+              "answering 503 until it does", file=sys.stderr)
+    try:
+        server = BlockHealthServer(aggregator, settings.block_health_host, settings.block_health_port)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot bind {settings.block_health_host}:{settings.block_health_port} (AIOS_BLOCK_HEALTH_PORT): {exc}"
+        ) from None
+
+    def stop(signum: int, frame: Any) -> None:
+        # shutdown() waits for serve_forever, which runs in this (the main) thread.
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    names = ", ".join(type(p).__name__ for p in aggregator.policies)
+    print(f"block health on http://{settings.block_health_host}:{server.port}/block/health/<block_id> "
+          f"(policies: {names})", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+        aggregator.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``aios-grpc`` command."""
     parser = argparse.ArgumentParser(prog="aios-grpc", description="Serve and probe aios-grpc blocks.")
@@ -68,6 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--service", default="", help="service name to check (default: the server)")
     health.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer")
     health.set_defaults(func=_health)
+
+    bh = sub.add_parser("block-health-server", help="serve GET /block/health/<block_id> from heartbeats in Redis")
+    bh.add_argument("--host", help="address to bind (AIOS_BLOCK_HEALTH_HOST, default 127.0.0.1)")
+    bh.add_argument("--port", type=int, help="port (AIOS_BLOCK_HEALTH_PORT, default 30201; 0 picks one)")
+    bh.add_argument("--redis", help="Redis URL (AIOS_REDIS_URL)")
+    bh.add_argument("--max-age", type=float, help="heartbeat age limit in seconds (AIOS_BLOCK_HEALTH_MAX_AGE_S)")
+    bh.add_argument("--prefix", help="heartbeat key prefix (AIOS_HEARTBEAT_PREFIX)")
+    bh.add_argument("--policy", action="append", default=[],
+                    help="extra policy: MODULE:CLASS or a JSON object with 'class' and options (repeatable)")
+    bh.set_defaults(func=_block_health_server)
     return parser
 
 

@@ -66,6 +66,7 @@ class BlockServer:
         )
         self.servicer = BlockServicer(self.settings.stream_max_in_flight)
         self.telemetry.bind(self)
+        self.heartbeats: Any = None  # a blockhealth HeartbeatPublisher when AIOS_REDIS_URL is set
         self.scheduler: Scheduler | None = None
         self.control: ControlPlane | None = None
         self.port = 0
@@ -134,6 +135,11 @@ class BlockServer:
             await self.redis.start(scheduler, control)
         self.servicer.attach(scheduler, control)
         await self.health.block_ready(adapter, scheduler)
+        if self.settings.redis_url:
+            from aios_grpc.blockhealth.heartbeat import HeartbeatPublisher
+
+            self.heartbeats = HeartbeatPublisher(self.settings, self)
+            await self.heartbeats.start()
         log.info("block %s is ready", ref)
 
     async def stop(self, grace_s: float | None = None) -> None:
@@ -146,6 +152,8 @@ class BlockServer:
         grace = self.settings.grace_period_s if grace_s is None else grace_s
         log.info("draining (grace period %.1fs)", grace)
         await self.health.drain()
+        if self.heartbeats is not None:
+            await self.heartbeats.publish_once()  # the block's health shows this instance draining
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         server_stop = None
@@ -168,6 +176,8 @@ class BlockServer:
             await self.scheduler.stop()
         if self.redis is not None:
             await self.redis.close()
+        if self.heartbeats is not None:
+            await self.heartbeats.stop()
         await self.telemetry.stop()
         self._stopped.set()
         log.info("stopped")
