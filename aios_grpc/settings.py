@@ -165,6 +165,9 @@ class Settings(BaseSettings):
     """Port of the Prometheus endpoint (``GET /metrics``, on AIOS_HOST); 0 picks a free one; -1: off."""
     tracing: str = Field("auto", validation_alias=_env("TRACING"))
     """Traces: ``auto`` (on when OTEL_TRACES_EXPORTER or OTEL_EXPORTER_OTLP_ENDPOINT is set), ``on``, ``off``."""
+    tracing_stages: bool = Field(True, validation_alias=_env("TRACING_STAGES"))
+    """A child span per stage (queue, preprocess, data, route) under each packet's span; false: the
+    packet span only, with each stage's seconds as an attribute (cheaper)."""
     health_stall_s: float = Field(60.0, ge=0, validation_alias=_env("HEALTH_STALL_S"))
     """Packets in flight but none answered for this long turns health NOT_SERVING; 0: off."""
     heartbeat_interval_s: float = Field(10.0, gt=0, validation_alias=_env("HEARTBEAT_INTERVAL_S"))

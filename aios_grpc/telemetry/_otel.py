@@ -103,7 +103,8 @@ class Observability(Telemetry):
         else:
             self._own_tracer_provider = None
         self.tracer = tracer_provider.get_tracer("aios_grpc", __version__) if tracer_provider else None
-        self._live: dict[str, Any] = {}  # traceparent of a live packet span -> its context
+        self._live: dict[str, _Traced] = {}  # traceparent of a live packet span -> the span
+        self.stage_spans = settings.tracing_stages
         self._muxer_groups = 0
         self._last_answered_at = 0.0
 
@@ -186,10 +187,10 @@ class Observability(Telemetry):
         self.received.add((job.source,))
         if self.tracer is None:
             return
-        headers = job.packet.headers
+        packet = job.packet
+        headers = packet.headers
         carrier = headers if "traceparent" in headers else (job.trace or {})
         parent = _PROPAGATOR.extract(carrier) if carrier else None
-        packet = job.packet
         span = self.tracer.start_span(
             "aios.packet",
             context=parent,
@@ -201,21 +202,26 @@ class Observability(Telemetry):
                 "aios.source": job.source,
             },
         )
-        ctx = trace.set_span_in_context(span)
-        _PROPAGATOR.inject(headers, context=ctx)
-        self._live[headers["traceparent"]] = ctx
-        job.trace = span
+        traced = _Traced(span, trace.set_span_in_context(span))
+        # Even an unsampled span's context is written on: it carries the "not sampled"
+        # decision downstream, so the next block does not start a trace of its own.
+        _PROPAGATOR.inject(headers, context=traced.ctx)
+        self._live[headers["traceparent"]] = traced
+        job.trace = traced
 
     def stage_done(self, job: Job, stage: str, seconds: float) -> None:
         """Time the stage; with tracing, add it to the packet's span as a child span."""
         self.stage_seconds.observe(seconds, self._stage_keys.get(stage) or (stage,))
-        span = job.trace
-        if self.tracer is not None and span is not None and hasattr(span, "get_span_context"):
-            end = time.time_ns()
-            child = self.tracer.start_span(
-                f"aios.{stage}", context=trace.set_span_in_context(span), start_time=end - int(seconds * 1e9)
-            )
-            child.end(end_time=end)
+        traced = job.trace
+        if not isinstance(traced, _Traced) or not traced.recording:
+            return
+        assert self.tracer is not None
+        if not self.stage_spans:
+            traced.span.set_attribute(f"aios.{stage}_s", seconds)
+            return
+        end = time.time_ns()
+        child = self.tracer.start_span(f"aios.{stage}", context=traced.ctx, start_time=end - int(seconds * 1e9))
+        child.end(end_time=end)
 
     def packet_answered(self, job: Job, result: Result) -> None:
         """Count the answer and time the packet; with tracing, close its span."""
@@ -235,12 +241,13 @@ class Observability(Telemetry):
         if self.tracer is None:
             return
         # A merged (muxed) job carries its last member's span: end each span once.
-        spans = {id(m.trace): m.trace for m in (*members, job) if hasattr(m.trace, "get_span_context")}
-        for span in spans.values():
-            if error is not None:
-                span.set_status(Status(StatusCode.ERROR, str(error)))
-            span.set_attribute("rpc.grpc.status_code", key[0])
-            span.end()
+        spans = {id(m.trace): m.trace for m in (*members, job) if isinstance(m.trace, _Traced)}
+        for traced in spans.values():
+            if traced.recording:
+                if error is not None:
+                    traced.span.set_status(Status(StatusCode.ERROR, str(error)))
+                traced.span.set_attribute("rpc.grpc.status_code", key[0])
+            traced.span.end()
         for member in members:
             tp = member.packet.headers.get("traceparent")
             if tp is not None:
@@ -288,86 +295,111 @@ class Observability(Telemetry):
             else:
                 block.methods[name] = self._wrap_sync(method, stage)
 
-    def _context_of(self, arg: Any, stage: str) -> Any:
-        if stage == "batch":
-            return None
+    def _parent(self, arg: Any, stage: str) -> _Traced | None:
+        """The packet span an ``on_preprocess(packet)`` / ``on_data(entry)`` call belongs to."""
         packet = arg if stage == "preprocess" else getattr(arg, "packet", None)
         headers = getattr(packet, "headers", None)
-        if not headers:
+        tp = headers.get("traceparent") if headers else None
+        if not tp:
             return None
-        tp = headers.get("traceparent")
-        ctx = self._live.get(tp) if tp else None
-        if ctx is None and tp:
+        traced = self._live.get(tp)
+        if traced is None:
+            # A packet the block made itself, with headers from elsewhere.
             ctx = _PROPAGATOR.extract(headers)
-        return ctx
+            traced = _Traced(trace.get_current_span(ctx), ctx)
+        return traced
 
-    def _batch_links(self, entries: Any) -> list[Link]:
-        links = []
-        for entry in entries or ():
-            ctx = self._context_of(entry, "data")
-            if ctx is not None:
-                span_context = trace.get_current_span(ctx).get_span_context()
-                if span_context.is_valid:
-                    links.append(Link(span_context))
-        return links
-
-    def _start_span(self, stage: str, arg: Any) -> tuple[Any, Any]:
+    def _enter(self, stage: str, arg: Any) -> tuple[Any, Any, float]:
+        """Open the stage's span (or none) and make it current; returns (span, token, start)."""
         assert self.tracer is not None
+        span: Any = None
         if stage == "batch":
-            size = len(arg) if hasattr(arg, "__len__") else 0
-            span = self.tracer.start_span(
-                "aios.batch", links=self._batch_links(arg), attributes={"aios.batch_size": size}
-            )
+            links = []
+            for entry in arg if isinstance(arg, list | tuple) else ():
+                parent = self._parent(entry, "data")
+                if parent is not None and parent.recording:
+                    links.append(Link(parent.span.get_span_context()))
+            if links:
+                span = self.tracer.start_span("aios.batch", links=links, attributes={"aios.batch_size": len(arg)})
         else:
-            span = self.tracer.start_span(f"aios.{stage}", context=self._context_of(arg, stage))
-        token = otel_context.attach(trace.set_span_in_context(span))
-        return span, token
+            parent = self._parent(arg, stage)
+            if parent is not None and parent.recording and self.stage_spans:
+                span = self.tracer.start_span(f"aios.{stage}", context=parent.ctx)
+            elif parent is not None and parent.recording:
+                # No stage span: block code's own spans still nest under the packet's.
+                return None, otel_context.attach(parent.ctx), time.perf_counter()
+        token = otel_context.attach(trace.set_span_in_context(span)) if span is not None else None
+        return span, token, time.perf_counter()
+
+    def _exit(self, stage: str, arg: Any, span: Any, token: Any, seconds: float) -> None:
+        if token is not None:
+            otel_context.detach(token)
+        if span is not None:
+            span.end()
+        elif token is not None and stage != "batch":
+            parent = self._parent(arg, stage)
+            if parent is not None:
+                parent.span.set_attribute(f"aios.{stage}_s", seconds)
 
     def _wrap_sync(self, method: Callable[..., Any], stage: str) -> Callable[..., Any]:
         key = self._stage_keys[stage]
         observe = self.stage_seconds.observe if stage != "batch" else None
-        tracer_on = self.tracer is not None
+        tracing = self.tracer is not None
 
         @functools.wraps(method)
         def timed(arg: Any, *rest: Any) -> Any:
-            span: Any = None
-            token: Any = None
-            if tracer_on:
-                span, token = self._start_span(stage, arg)
-            start = time.perf_counter()
+            if not tracing:
+                start = time.perf_counter()
+                try:
+                    return method(arg, *rest)
+                finally:
+                    if observe is not None:
+                        observe(time.perf_counter() - start, key)
+            span, token, start = self._enter(stage, arg)
             try:
                 return method(arg, *rest)
             finally:
+                seconds = time.perf_counter() - start
                 if observe is not None:
-                    observe(time.perf_counter() - start, key)
-                if span is not None:
-                    otel_context.detach(token)
-                    span.end()
+                    observe(seconds, key)
+                self._exit(stage, arg, span, token, seconds)
 
         return timed
 
     def _wrap_async(self, method: Callable[..., Any], stage: str) -> Callable[..., Any]:
         key = self._stage_keys[stage]
         observe = self.stage_seconds.observe if stage != "batch" else None
-        tracer_on = self.tracer is not None
+        tracing = self.tracer is not None
 
         @functools.wraps(method)
         async def timed(arg: Any, *rest: Any) -> Any:
             span: Any = None
             token: Any = None
-            if tracer_on:
-                span, token = self._start_span(stage, arg)
-            start = time.perf_counter()
+            if tracing:
+                span, token, start = self._enter(stage, arg)
+            else:
+                start = time.perf_counter()
             try:
                 return await method(arg, *rest)
             finally:
+                seconds = time.perf_counter() - start
                 if observe is not None:
-                    observe(time.perf_counter() - start, key)
-                if span is not None:
-                    otel_context.detach(token)
-                    span.end()
+                    observe(seconds, key)
+                if tracing:
+                    self._exit(stage, arg, span, token, seconds)
 
         return timed
+
+
+class _Traced:
+    """A packet's span, its context, and whether it is recorded (sampled)."""
+
+    __slots__ = ("ctx", "recording", "span")
+
+    def __init__(self, span: Any, ctx: Any) -> None:
+        self.span = span
+        self.ctx = ctx
+        self.recording = bool(span.is_recording())
 
 
 __all__ = ["Observability"]

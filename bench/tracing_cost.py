@@ -1,0 +1,239 @@
+"""What telemetry costs on the Process stream: no telemetry vs metrics vs metrics and traces.
+
+Usage: flock /tmp/aios-bench.lock .venv/bin/python bench/tracing_cost.py [--packets N]
+
+Three servers of the same trivial block (``bench/stream_throughput.py:TrivialBlock``),
+each in its own subprocess, driven by the same client as ``stream_throughput.py``
+(pipelined Process streams, 1 and 8 streams), runs alternating so that outside load
+falls on all alike:
+
+- none: the no-op ``Telemetry`` seam (nothing recorded);
+- metrics: the default ``Observability`` with tracing off (built-in metrics, the
+  Prometheus endpoint on a free port);
+- traced: the same plus traces: a span per packet and per stage, W3C context written
+  into each packet's headers, spans through a ``BatchSpanProcessor`` into an exporter
+  that counts and drops them (the export itself is the collector's cost, not ours);
+- lite: traced with ``AIOS_TRACING_STAGES=false`` (the packet span only).
+
+It prints packets/s and the server's CPU time per packet for each, the ratios
+metrics/none, traced/metrics and lite/metrics (the cost of turning tracing on), and
+checks that the traced server exported a span per packet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "generated"), str(ROOT / "clients" / "python"), str(ROOT)]
+
+import grpc  # noqa: E402
+from aios.block.v1 import block_pb2 as pb  # noqa: E402
+from aios.block.v1 import block_pb2_grpc as pb_grpc  # noqa: E402
+
+from aios_grpc import OnDataResult  # noqa: E402
+
+
+class TrivialBlock:
+    """Echoes the packet's JSON text: the least work a block can do, so telemetry shows most."""
+
+    def __init__(self, context: Any) -> None:
+        self.context = context
+
+    def on_data(self, entry: Any) -> Any:
+        """Return the input data as the output."""
+        return True, OnDataResult(output=entry.packet.data)
+
+
+# -- client ---------------------------------------------------------------------------
+
+
+async def _one_stream(stub: pb_grpc.BlockServiceStub, session: str, n: int) -> int:
+    call = stub.Process()
+
+    async def write() -> None:
+        for i in range(n):
+            packet = pb.Packet(session_id=session, seq_no=i, data=json.dumps({"i": i, "text": "hello"}))
+            await call.write(pb.ProcessRequest(packet=packet))
+        await call.done_writing()
+
+    writer = asyncio.create_task(write())
+    answered = 0
+    async for response in call:
+        results = list(response.results) or [response.result]
+        answered += sum(1 for r in results if r.kind in (pb.RESULT_KIND_OK, pb.RESULT_KIND_ERROR))
+    await writer
+    return answered
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _drive(address: str, pid: int, streams: int, total: int) -> tuple[float, float]:
+    """Packets/s and the server's CPU microseconds per packet, for one run."""
+    per_stream = total // streams
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.BlockServiceStub(channel)
+        await _one_stream(stub, "warm-up", 500)
+        cpu = _cpu_s(pid)
+        start = time.perf_counter()
+        answered = await asyncio.gather(*(_one_stream(stub, f"s{k}", per_stream) for k in range(streams)))
+        elapsed = time.perf_counter() - start
+        cpu = _cpu_s(pid) - cpu
+    n = per_stream * streams
+    if sum(answered) != n:
+        raise SystemExit(f"{address}: {sum(answered)} answers for {n} packets")
+    return n / elapsed, cpu / n * 1e6
+
+
+def _start(cmd: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    seen: list[str] = []
+    end = time.monotonic() + 60
+    while time.monotonic() < end:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        found = re.search(r"listening on ([^ ]+:\d+)", line)
+        if found:
+            threading.Thread(target=proc.stdout.read, daemon=True).start()  # never a full pipe
+            return proc, found.group(1)
+    proc.kill()
+    raise SystemExit(f"server {' '.join(cmd)} did not start:\n{''.join(seen[-20:])}")
+
+
+class _CountingExporter:
+    """A span exporter that counts what it is given and drops it."""
+
+    def __init__(self) -> None:
+        self.spans = 0
+        self.packet_spans = 0
+
+    def export(self, spans: Sequence[Any]) -> Any:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        self.spans += len(spans)
+        self.packet_spans += sum(1 for s in spans if s.name == "aios.packet")
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        """Nothing to release."""
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        """Nothing buffered here."""
+        return True
+
+
+async def _serve(mode: str, report: str) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    from aios_grpc.server import BlockServer, configure_logging
+    from aios_grpc.settings import load_settings
+    from aios_grpc.telemetry import Observability, Telemetry
+
+    settings = load_settings(host="127.0.0.1", port=0, metrics_port=0, tracing="off",
+                             tracing_stages=mode != "lite")
+    configure_logging("WARNING")
+    exporter = _CountingExporter()
+    provider = None
+    telemetry: Telemetry
+    if mode == "none":
+        telemetry = Telemetry()
+    elif mode == "metrics":
+        telemetry = Observability(settings)
+    else:
+        provider = TracerProvider()
+        provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=65536))  # type: ignore[arg-type]
+        telemetry = Observability(settings, tracer_provider=provider)
+    server = BlockServer(TrivialBlock, settings, telemetry=telemetry)
+    await server.start()
+    print(f"listening on {server.address}", flush=True)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await server.stop(1.0)
+    if provider is not None:
+        provider.shutdown()
+    if not report:
+        return
+    text = f"spans exported: {exporter.spans}, packet spans: {exporter.packet_spans}"
+    await asyncio.to_thread(Path(report).write_text, text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--packets", type=int, default=10_000, help="packets per run (spread over the streams)")
+    parser.add_argument("--streams", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--rounds", type=int, default=3, help="runs per server and stream count (median shown)")
+    parser.add_argument("--serve", choices=["none", "metrics", "traced", "lite"], help=argparse.SUPPRESS)
+    parser.add_argument("--report", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        asyncio.run(_serve(args.serve, args.report))
+        return
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    modes = ("none", "metrics", "traced", "lite")
+    procs = {}
+    report = Path(tempfile.mkdtemp(prefix="aios-bench-")) / "spans.txt"
+    rates: dict[tuple[str, int], list[float]] = {}
+    cpus: dict[tuple[str, int], list[float]] = {}
+    try:
+        addresses = {}
+        for mode in modes:
+            cmd = [sys.executable, __file__, "--serve", mode, "--report", str(report) if mode == "traced" else ""]
+            procs[mode], addresses[mode] = _start(cmd, env)
+        for _ in range(args.rounds):
+            for streams in args.streams:
+                for mode in modes:
+                    rate, cpu = asyncio.run(_drive(addresses[mode], procs[mode].pid, streams, args.packets))
+                    rates.setdefault((mode, streams), []).append(rate)
+                    cpus.setdefault((mode, streams), []).append(cpu)
+    finally:
+        for proc in procs.values():
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs.values():
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+    sent = args.rounds * (sum((args.packets // s) * s for s in args.streams) + 500 * len(args.streams))
+    print(f"packets per run: {args.packets}, rounds: {args.rounds} (median), cpus: {os.cpu_count()}")
+    print("throughput (packets/s) and server CPU per packet (µs), by telemetry:")
+    print(f"{'streams':>7} {'none':>7} {'metrics':>7} {'traced':>7} {'lite':>7} {'metrics/none':>12} "
+          f"{'traced/metrics':>14} {'lite/metrics':>12} | cpu µs/pkt: "
+          f"{'none':>5} {'metrics':>7} {'traced':>6} {'lite':>5}")
+    for streams in args.streams:
+        none, metrics, traced, lite = (statistics.median(rates[(m, streams)]) for m in modes)
+        c = [statistics.median(cpus[(m, streams)]) for m in modes]
+        print(f"{streams:>7} {none:>7.0f} {metrics:>7.0f} {traced:>7.0f} {lite:>7.0f} {metrics / none:>12.2f} "
+              f"{traced / metrics:>14.2f} {lite / metrics:>12.2f} |             {c[0]:>5.0f} {c[1]:>7.0f} "
+              f"{c[2]:>6.0f} {c[3]:>5.0f}")
+    spans = report.read_text() if report.exists() else "no report"
+    print(f"traced server: {spans} (packets sent to it: {sent})")
+
+
+if __name__ == "__main__":
+    main()
