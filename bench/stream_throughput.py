@@ -98,17 +98,27 @@ async def _one_stream(stub: pb_grpc.BlockServiceStub, session: str, n: int) -> i
     return answered
 
 
-async def _drive(address: str, streams: int, total: int) -> float:
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, every thread) the process used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _drive(address: str, pid: int, streams: int, total: int) -> tuple[float, float]:
+    """Packets/s and the server's CPU microseconds per packet for one run."""
     per_stream = total // streams
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.BlockServiceStub(channel)
         await _one_stream(stub, "warm-up", 500)
+        cpu = _cpu_s(pid)
         start = time.perf_counter()
         answered = await asyncio.gather(*(_one_stream(stub, f"s{k}", per_stream) for k in range(streams)))
         elapsed = time.perf_counter() - start
-    if sum(answered) != per_stream * streams:
-        raise SystemExit(f"{address}: {sum(answered)} answers for {per_stream * streams} packets")
-    return per_stream * streams / elapsed
+        cpu = _cpu_s(pid) - cpu
+    n = per_stream * streams
+    if sum(answered) != n:
+        raise SystemExit(f"{address}: {sum(answered)} answers for {n} packets")
+    return n / elapsed, cpu / n * 1e6
 
 
 def _start(cmd: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
@@ -143,6 +153,7 @@ def main() -> None:
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     env["AIOS_LOG_LEVEL"] = "INFO"
+    env.setdefault("AIOS_METRICS_PORT", "0")  # telemetry stays on, on a free port
     commands = {
         "raw": [sys.executable, __file__, "--raw-server"],
         "block": [sys.executable, "-m", "aios_grpc", "serve", "bench/stream_throughput.py:TrivialBlock",
@@ -150,28 +161,37 @@ def main() -> None:
     }
     procs: list[subprocess.Popen[str]] = []
     rates: dict[tuple[str, int], list[float]] = {}
+    cpu: dict[tuple[str, int], list[float]] = {}
     try:
         addresses = {}
         for name, cmd in commands.items():
-            proc, addresses[name] = _start(cmd, env)
+            proc, address = _start(cmd, env)
+            addresses[name] = (address, proc.pid)
             procs.append(proc)
         # Both servers stay up and the runs alternate, so that load from elsewhere on
         # the machine falls on both alike.
         for _ in range(args.rounds):
             for streams in args.streams:
-                for name, address in addresses.items():
-                    rate = asyncio.run(_drive(address, streams, args.packets))
+                for name, (address, pid) in addresses.items():
+                    rate, us = asyncio.run(_drive(address, pid, streams, args.packets))
                     rates.setdefault((name, streams), []).append(rate)
+                    cpu.setdefault((name, streams), []).append(us)
     finally:
         for proc in procs:
             proc.kill()
             proc.wait(10)
     print(f"packets per run: {args.packets}, rounds: {args.rounds} (median), cpus: {os.cpu_count()}")
-    print(f"{'streams':>7} {'raw pkt/s':>10} {'block pkt/s':>12} {'block/raw':>9}")
+    # Throughput swings with whatever else runs on the machine; server CPU time per
+    # packet does much less, so it is shown too (block/raw CPU: how much more work).
+    print(f"{'streams':>7} {'raw pkt/s':>10} {'block pkt/s':>12} {'block/raw':>9}"
+          f" {'raw cpu us/pkt':>15} {'block cpu us/pkt':>17} {'cpu block/raw':>13}")
     for streams in args.streams:
         raw = statistics.median(rates[("raw", streams)])
         block = statistics.median(rates[("block", streams)])
-        print(f"{streams:>7} {raw:>10.0f} {block:>12.0f} {block / raw:>9.2f}")
+        raw_us = statistics.median(cpu[("raw", streams)])
+        block_us = statistics.median(cpu[("block", streams)])
+        print(f"{streams:>7} {raw:>10.0f} {block:>12.0f} {block / raw:>9.2f}"
+              f" {raw_us:>15.0f} {block_us:>17.0f} {block_us / raw_us:>13.2f}")
 
 
 if __name__ == "__main__":

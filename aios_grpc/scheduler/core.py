@@ -296,12 +296,14 @@ class Scheduler:
             job = await queue.get()
             jobs = [job]
             limit = self._chunk_limit()
-            while len(jobs) < limit:
-                try:
-                    jobs.append(queue.get_nowait())
-                except asyncio.QueueEmpty:
-                    break
             try:
+                self._fill(queue, jobs, limit)
+                if len(jobs) < limit:
+                    # A fast block with a short chunk: let the loop run once more, so that
+                    # packets already read off the sockets join this chunk instead of each
+                    # paying a thread hop of its own (the hop costs more than the block).
+                    await asyncio.sleep(0)
+                    self._fill(queue, jobs, limit)
                 await self._run(jobs)
             except asyncio.CancelledError:
                 for j in jobs:
@@ -311,6 +313,15 @@ class Scheduler:
                 log.exception("scheduler failed on a chunk of %d packets", len(jobs))
                 for j in jobs:
                     self.answer(j, Result(Kind.ERROR, error=BlockCodeError(f"internal error: {exc}", stage="data")))
+
+    @staticmethod
+    def _fill(queue: asyncio.Queue[Job], jobs: list[Job], limit: int) -> None:
+        """Add queued jobs to ``jobs`` until it holds ``limit`` or the queue is empty."""
+        while len(jobs) < limit:
+            try:
+                jobs.append(queue.get_nowait())
+            except asyncio.QueueEmpty:
+                return
 
     def _chunk_limit(self) -> int:
         if self._job_time_s <= 0:
