@@ -127,3 +127,27 @@ def test_tracing_off_touches_nothing(serve: Any) -> None:
         [result] = [r for r in client.process([packet], timeout=30) if r.terminal]
     assert result.ok
     assert dict(result.output.headers) == {"traceparent": TRACEPARENT, "k": "v"}
+
+
+def test_packet_span_only_when_stage_spans_are_off(traced: Any, exporter: InMemorySpanExporter) -> None:
+    served = traced(EchoBlock, tracing_stages=False)
+    with BlockClient(served.address) as client:
+        assert client.run({"x": 4}, timeout=30).ok
+    spans = exporter.get_finished_spans()
+    assert [s.name for s in spans] == ["aios.packet"]
+    attributes = spans[0].attributes or {}
+    assert {"aios.queue_s", "aios.preprocess_s", "aios.data_s"} <= set(attributes)
+    assert all(attributes[k] >= 0 for k in ("aios.queue_s", "aios.preprocess_s", "aios.data_s"))
+
+
+def test_an_unsampled_caller_gets_no_spans_but_its_decision_travels_on(traced: Any,
+                                                                      exporter: InMemorySpanExporter) -> None:
+    served = traced(EchoBlock)
+    unsampled = f"00-{TRACE_ID}-{CALLER_SPAN}-00"
+    packet = make_packet({"x": 5}, session_id="s", seq_no=1, headers={"traceparent": unsampled})
+    with BlockClient(served.address) as client:
+        [result] = [r for r in client.process([packet], timeout=30) if r.terminal]
+    assert result.ok
+    assert exporter.get_finished_spans() == ()
+    version, trace_id, _span, flags = result.output.headers["traceparent"].split("-")
+    assert (version, trace_id, flags) == ("00", TRACE_ID, "00")
