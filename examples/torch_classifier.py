@@ -4,7 +4,9 @@ The model is a small MLP (256 -> 1024 -> 1024 -> 10) with RANDOM weights from a 
 seed: it classifies nothing meaningful; it stands in for a real model so that the
 serving path (batching, device choice, inference mode) can be run and measured.
 
-Input packet data: ``{"x": [256 numbers]}``. Output: ``{"label": int, "logits": [10 numbers]}``.
+Input: packet data ``{"x": [256 numbers]}``, or one attached file holding the 256 numbers
+as raw little-endian float32 (1 KiB; metadata ``{"dtype": "float32"}``), which skips
+parsing 256 numbers from JSON per packet. Output: ``{"label": int, "logits": [10 numbers]}``.
 
 Run it::
 
@@ -53,10 +55,16 @@ class TorchClassifier:
         return TimeBasedBatcher(N=self.batch_n, T=self.batch_t)
 
     def on_preprocess(self, packet):
+        if packet.files:
+            raw = packet.files[0].file_data
+            if len(raw) != 4 * IN_FEATURES:
+                return False, f"the file must hold {IN_FEATURES} float32 values, got {len(raw)} bytes"
+            x = torch.frombuffer(bytearray(raw), dtype=torch.float32)
+            return True, [PreProcessResult(packet=packet, extra_data={"x": x})]
         data = packet.json()
         x = data.get("x") if isinstance(data, dict) else None
         if not isinstance(x, list) or len(x) != IN_FEATURES:
-            return False, f'data must be {{"x": [{IN_FEATURES} numbers]}}'
+            return False, f'data must be {{"x": [{IN_FEATURES} numbers]}} or carry one float32 file'
         return True, [PreProcessResult(packet=packet, extra_data={"x": x})]
 
     def on_batch(self, entries):

@@ -5,11 +5,12 @@ One task takes packets off the scheduler's queue and closes a batch when
 - it holds ``n`` packets, or
 - nothing more is queued and a batch may run now (fewer than
   ``max_concurrent_batches`` are running): a lone request never waits, or
-- ``t`` seconds passed since its first packet (``TimeBasedBatcher``); a plain
-  ``Batcher`` has no time limit.
+- ``t`` seconds passed since its first packet arrived (``TimeBasedBatcher``); a
+  plain ``Batcher`` has no time limit.
 
 While every run slot is busy the open batch keeps taking packets (it could not run
-earlier anyway), which is what grows batches under load. Each closed batch runs
+earlier anyway), which is what grows batches under load; a batch closed by ``n`` or
+``t`` then waits for a slot, and later packets go to the next batch. Each closed batch runs
 ``on_preprocess`` per packet and then ``on_batch`` on the entries, all in one
 thread hand-off; when ``on_preprocess`` yields more entries than ``n``, they go to
 ``on_batch`` in slices of at most ``n``. A failure of one ``on_batch`` call
@@ -97,22 +98,24 @@ class BatchStage:
             first = await queue.get()
             jobs = [first]
             # A plain Batcher has no time limit; the other rules still close its batches.
-            limit_s = self.t if self.kind == "time" else math.inf
-            close_at = time.monotonic() + limit_s
-            while len(jobs) < self.n:
-                try:
-                    jobs.append(queue.get_nowait())
-                    continue
-                except asyncio.QueueEmpty:
-                    pass
-                if self.flushing or self.running < self.max_concurrent:
-                    break
+            close_at = first.received + self.t if self.kind == "time" else math.inf
+            # While every slot is busy the batch could not run anyway: let the queue
+            # fill, and take what is there when a slot frees (or at T). Waiting once
+            # per batch, not once per arriving packet, keeps this cheap under load.
+            while self.running >= self.max_concurrent and not self.flushing:
                 remaining = close_at - time.monotonic()
                 if remaining <= 0:
                     break
-                job = await self._next_or_slot(queue, remaining)
-                if job is not None:
-                    jobs.append(job)
+                self._slot_free.clear()
+                try:
+                    await asyncio.wait_for(self._slot_free.wait(), min(remaining, 3600.0))
+                except TimeoutError:
+                    break
+            while len(jobs) < self.n:
+                try:
+                    jobs.append(queue.get_nowait())
+                except asyncio.QueueEmpty:
+                    break
             while self.running >= self.max_concurrent:
                 self._slot_free.clear()
                 await self._slot_free.wait()
@@ -120,23 +123,6 @@ class BatchStage:
             task = asyncio.create_task(self._run_batch(jobs))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-
-    async def _next_or_slot(self, queue: asyncio.Queue[Job], timeout: float) -> Job | None:
-        """The next queued job, or None when a run slot freed first or ``timeout`` passed."""
-        self._slot_free.clear()
-        getter = asyncio.ensure_future(queue.get())
-        slot = asyncio.ensure_future(self._slot_free.wait())
-        try:
-            await asyncio.wait({getter, slot}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            slot.cancel()
-            if not getter.done():
-                getter.cancel()
-        # Queue.get only takes the item once it runs to completion, so a cancelled
-        # getter has taken nothing.
-        if getter.done() and not getter.cancelled():
-            return getter.result()
-        return None
 
     def flush(self) -> None:
         """Close the open batch now and every later one as soon as it is queued (drain)."""

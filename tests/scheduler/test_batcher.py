@@ -127,7 +127,7 @@ def test_batch_settings_change_at_run_time_and_getinfo_reports_them(serve):
         info = client.get_info()["batcher"]
         assert info == {"kind": "time", "n": 8, "t": 0.01, "max_concurrent_batches": 1}
         applied = client.management("aios.batcher", {"n": 2, "max_concurrent_batches": 3})
-        assert applied["n"] == 2 and applied["max_concurrent_batches"] == 3
+        assert applied["n"] == 2 and applied["max_concurrent_batches"] == 3 and applied["histogram"] == {}
         assert client.get_info()["batcher"]["max_concurrent_batches"] == 3
         packets = [make_packet({"i": k, "sleep": 0.2}, session_id=f"s{k}", seq_no=1) for k in range(12)]
         results = list(client.process(packets, coalesce=12))
@@ -135,6 +135,8 @@ def test_batch_settings_change_at_run_time_and_getinfo_reports_them(serve):
         stats = _stats(client)
         assert max(stats["sizes"]) <= 2
         assert stats["max_running"] >= 2, "three batches may run at once now"
+        histogram = client.management("aios.batcher")["histogram"]
+        assert sum(int(size) * calls for size, calls in histogram.items()) == 12
         for bad in ({"n": 0}, {"t": -1}, {"max_concurrent_batches": "x"}, {"size": 3}):
             with pytest.raises(grpc.RpcError) as err:
                 client.management("aios.batcher", bad)

@@ -1,0 +1,185 @@
+"""Served torch MLP under load vs the same model called offline, same run.
+
+Usage: flock /tmp/aios-bench.lock .venv/bin/python bench/batching_torch.py [--packets N] [--threads T]
+
+The block is ``examples/torch_classifier.py`` (MLP 256 -> 1024 -> 1024 -> 10, random
+seeded weights) with ``on_batch`` and ``TimeBasedBatcher(32, 0.005)``, served in a
+subprocess. One client process keeps 64 packets in flight over 8 streams (8 per
+stream; each answer lets the next packet go), with client coalescing on
+(``coalesce_window_s``) and off. Then, in this process, the same model runs offline
+at the batch size the server actually formed (the packet-weighted median of the
+server's batch-size histogram), both as ``TorchModel.run`` on Python lists (collate,
+forward, split: what ``on_batch`` does) and as a bare forward pass on a ready tensor.
+torch uses ``--threads`` intra-op threads on both sides. Served and offline runs
+alternate ``--rounds`` times and the medians are shown, so that load from elsewhere
+on the machine falls on both alike.
+
+It prints packets/s served and offline, the served/offline ratios, the batch-size
+histogram and p50/p99 latency per mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import struct
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _harness import percentile, start_block, stop
+
+STREAMS = 8
+PER_STREAM = 8
+
+
+async def serve_load(address: str, total: int, window_s: float, pool: list) -> tuple[float, list[float]]:
+    """Packets/s and latencies for ``total`` packets, 64 in flight over 8 streams."""
+    from aios_grpc_client import AsyncBlockClient, make_packet
+
+    latencies: list[float] = []
+    per = total // STREAMS
+    async with AsyncBlockClient(address) as client:
+
+        async def one(k: int, n: int) -> None:
+            stream = client.stream(timeout=600, coalesce_window_s=window_s)
+            sent_at: dict[int, float] = {}
+            sent = 0
+
+            async def send(count: int) -> None:
+                nonlocal sent
+                for _ in range(min(count, n - sent)):
+                    sent_at[sent] = time.perf_counter()
+                    data, files = pool[(k + sent) % len(pool)]
+                    await stream.send(make_packet(data, files=files, session_id=f"s{k}", seq_no=sent))
+                    sent += 1
+                if sent == n:
+                    await stream.close()
+
+            await send(PER_STREAM)
+            async for r in stream.results():
+                if not r.ok:
+                    raise SystemExit(f"packet failed: {r.error}")
+                latencies.append(time.perf_counter() - sent_at.pop(r.seq_no))
+                await send(1)
+
+        await asyncio.gather(*(one(k, 16) for k in range(STREAMS)))  # warm-up
+        latencies.clear()
+        start = time.perf_counter()
+        await asyncio.gather(*(one(k, per) for k in range(STREAMS)))
+        elapsed = time.perf_counter() - start
+    return per * STREAMS / elapsed, latencies
+
+
+async def histogram(address: str) -> dict[int, int]:
+    """The server's on_batch calls per batch size."""
+    from aios_grpc_client import AsyncBlockClient
+
+    async with AsyncBlockClient(address) as client:
+        info = await client.management("aios.batcher")
+    return {int(k): int(v) for k, v in info["histogram"].items()}
+
+
+def typical_batch(hist: dict[int, int]) -> int:
+    """Packet-weighted median batch size."""
+    packets = sorted((size, size * calls) for size, calls in hist.items())
+    half = sum(p for _, p in packets) / 2
+    seen = 0
+    for size, p in packets:
+        seen += p
+        if seen >= half:
+            return size
+    return 1
+
+
+def offline(batch: int, inputs: list, seconds: float, threads: int) -> tuple[float, float]:
+    """Packets/s of TorchModel.run on lists and of a bare forward pass, at ``batch``."""
+    import torch
+
+    from aios_grpc.torch import TorchModel
+    from examples.torch_classifier import build_mlp
+
+    torch.set_num_threads(threads)
+    model = TorchModel(build_mlp(), device="cpu")
+    rows = [inputs[i % len(inputs)] for i in range(batch)]
+    ready = torch.stack([torch.as_tensor(r, dtype=torch.float32) for r in rows])
+
+    def rate(fn) -> float:
+        for _ in range(3):
+            fn()
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            fn()
+            n += 1
+        return n * batch / (time.perf_counter() - start)
+
+    return rate(lambda: model.run(rows)), rate(lambda: model(ready))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--packets", type=int, default=6000)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (server and offline)")
+    parser.add_argument("--rounds", type=int, default=3, help="served/offline alternations per mode")
+    parser.add_argument("--window", type=float, default=0.0005, help="client coalesce_window_s when on")
+    parser.add_argument("--input", choices=["binary", "json"], default="binary",
+                        help="x as a raw float32 file (default) or as a JSON list of 256 numbers")
+    args = parser.parse_args()
+    rng = random.Random(0)
+    vectors = [[rng.uniform(-1, 1) for _ in range(256)] for _ in range(64)]
+    if args.input == "binary":
+        import torch
+
+        blobs = [struct.pack("<256f", *x) for x in vectors]
+        pool = [("{}", [({"dtype": "float32"}, b)]) for b in blobs]
+        # What on_preprocess hands to on_batch for a binary packet.
+        inputs: list = [torch.frombuffer(bytearray(b), dtype=torch.float32) for b in blobs]
+    else:
+        pool = [(json.dumps({"x": x}), None) for x in vectors]
+        inputs = vectors
+    params = {"batch_n": 32, "batch_t": 0.005, "threads": args.threads}
+    results = {}
+    for mode, window in (("coalescing on", args.window), ("coalescing off", 0.0)):
+        proc, address = start_block("examples/torch_classifier.py:TorchClassifier", params, OMP_NUM_THREADS="1")
+        served: list[float] = []
+        lat: list[float] = []
+        run_rates: list[float] = []
+        forward_rates: list[float] = []
+        try:
+            # Served and offline runs alternate, so that load from elsewhere on the
+            # machine falls on both alike; medians are shown.
+            for _ in range(args.rounds):
+                rate, round_lat = asyncio.run(serve_load(address, args.packets // args.rounds, window, pool))
+                served.append(rate)
+                lat += round_lat
+                batch = typical_batch(asyncio.run(histogram(address)))
+                run_rate, forward_rate = offline(batch, inputs, 1.0, args.threads)
+                run_rates.append(run_rate)
+                forward_rates.append(forward_rate)
+            hist = asyncio.run(histogram(address))
+        finally:
+            stop(proc)
+        results[mode] = (statistics.median(served), lat, hist, typical_batch(hist),
+                         statistics.median(run_rates), statistics.median(forward_rates))
+    print(f"MLP 256-1024-1024-10 on CPU, torch threads {args.threads}, {STREAMS} streams x {PER_STREAM} in flight, "
+          f"{args.packets} packets per mode, TimeBasedBatcher(32, 0.005), {args.input} input")
+    for mode, (rate, lat, hist, batch, run_rate, forward_rate) in results.items():
+        print(f"\n[{mode}]")
+        print(f"  served            {rate:8.0f} packets/s   p50 {percentile(lat, .5) * 1e3:.2f} ms   "
+              f"p99 {percentile(lat, .99) * 1e3:.2f} ms")
+        print(f"  offline @ batch {batch:<3} TorchModel.run {run_rate:8.0f} packets/s -> served/offline "
+              f"{rate / run_rate:.2f}")
+        print(f"  offline @ batch {batch:<3} bare forward   {forward_rate:8.0f} packets/s -> served/offline "
+              f"{rate / forward_rate:.2f}")
+        total = sum(size * calls for size, calls in hist.items())
+        shown = ", ".join(f"{size}:{calls}" for size, calls in sorted(hist.items()))
+        print(f"  batch sizes (size:calls, incl. warm-up; {total} packets): {shown}")
+
+
+if __name__ == "__main__":
+    main()
