@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 import pytest
-
 from aios_grpc_client import BlockClient
+
 from tests.conftest import ROOT
 
 

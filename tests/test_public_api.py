@@ -7,10 +7,10 @@ import json
 
 import grpc
 import pytest
+from aios_grpc_client import BlockClient, make_packet
 
 import aios_grpc
 from aios_grpc import *
-from aios_grpc_client import BlockClient, make_packet
 from tests.conftest import ROOT
 
 # Pinned on purpose: a change to the public surface must show up in this diff.
@@ -90,7 +90,9 @@ class FileBlock:
         return True, [PreProcessResult(packet=packet, extra_data={"n": len(packet.files)})]
 
     def on_data(self, entry):
-        files = [{"meta": f.meta(), "size": len(f.file_data), "head": f.file_data[:2].hex()} for f in entry.packet.files]
+        files = [
+            {"meta": f.meta(), "size": len(f.file_data), "head": f.file_data[:2].hex()} for f in entry.packet.files
+        ]
         return True, OnDataResult(output={"files": files, "data": entry.packet.json()})
 
 

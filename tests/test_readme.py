@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from aios_grpc_client import BlockClient
+
 from tests.conftest import ROOT, grpcurl, json_stream
 
 README = (ROOT / "README.md").read_text()

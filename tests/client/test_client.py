@@ -9,8 +9,8 @@ import sys
 
 import grpc
 import pytest
-
 from aios_grpc_client import AsyncBlockClient, BlockClient, make_packet
+
 from tests.blocks.basic import EchoBlock, StreamingBlock
 from tests.conftest import ROOT
 
@@ -47,7 +47,7 @@ def test_blocking_control_plane_errors_carry_codes(serve):
         assert client.run({"after": True}).ok
 
 
-@pytest.mark.parametrize("bad", [[1, 2], "text", 3, None])
+@pytest.mark.parametrize("bad", [[1, 2], "text", 3, None, []])
 def test_non_dict_parameters_are_a_clear_type_error(serve, bad):
     served = serve(EchoBlock)
     with BlockClient(served.address) as client:
@@ -137,13 +137,14 @@ def test_partial_results_reach_the_blocking_stream(serve):
         results = list(stream.results())
         with pytest.raises(RuntimeError, match="closed"):
             stream.send(make_packet({}, session_id="t", seq_no=3))
-    assert [(r.seq_no, r.kind) for r in results] == [(1, "partial"), (1, "partial"), (1, "ok"), (2, "partial"), (2, "ok")]
+    expected = [(1, "partial"), (1, "partial"), (1, "ok"), (2, "partial"), (2, "ok")]
+    assert [(r.seq_no, r.kind) for r in results] == expected
 
 
 def test_wait_until_serving_times_out_with_the_last_status():
     client = BlockClient("127.0.0.1:1")
     try:
-        with pytest.raises(TimeoutError, match="not SERVING after 0.3s"):
+        with pytest.raises(TimeoutError, match=r"not SERVING after 0\.3s"):
             client.wait_until_serving(timeout=0.3)
     finally:
         client.close()

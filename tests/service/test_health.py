@@ -7,9 +7,9 @@ import time
 
 import grpc
 import pytest
+from aios_grpc_client import BlockClient
 
 from aios_grpc import *
-from aios_grpc_client import BlockClient
 
 
 def test_not_serving_until_a_slow_init_finished_then_serving(spawn):

@@ -127,7 +127,9 @@ class AsyncBlockClient:
         if group:
             yield pb.ProcessRequest(packets=group)
 
-    async def run(self, data: Any, *, session_id: str = "session", seq_no: int = 1, timeout: float | None = None) -> Result:
+    async def run(
+        self, data: Any, *, session_id: str = "session", seq_no: int = 1, timeout: float | None = None
+    ) -> Result:
         """Process one input and return its terminal result."""
         async for result in self.process([data], session_id=session_id, first_seq_no=seq_no, timeout=timeout):
             if result.terminal:
@@ -150,9 +152,11 @@ class AsyncBlockClient:
         response = await self._stub.SetParameters(request, timeout=timeout, metadata=self.metadata)
         return json_format.MessageToDict(response)
 
-    async def management(self, action: str, data: Mapping[str, Any] | None = None, *, timeout: float | None = None) -> Any:
+    async def management(
+        self, action: str, data: Mapping[str, Any] | None = None, *, timeout: float | None = None
+    ) -> Any:
         """Run a management action; returns what the block returned."""
-        request = pb.ManagementRequest(action=action, data=_struct(data or {}, "data"))
+        request = pb.ManagementRequest(action=action, data=_struct({} if data is None else data, "data"))
         response = await self._stub.Management(request, timeout=timeout, metadata=self.metadata)
         return json_format.MessageToDict(response).get("result")
 

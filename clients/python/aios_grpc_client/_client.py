@@ -133,7 +133,7 @@ class BlockClient:
 
     def management(self, action: str, data: Mapping[str, Any] | None = None, *, timeout: float | None = None) -> Any:
         """Run a management action; returns what the block returned."""
-        request = pb.ManagementRequest(action=action, data=_struct(data or {}, "data"))
+        request = pb.ManagementRequest(action=action, data=_struct({} if data is None else data, "data"))
         response = self._stub.Management(request, timeout=timeout, metadata=self.metadata)
         return json_format.MessageToDict(response).get("result")
 
