@@ -85,7 +85,8 @@ def main() -> None:
             stop(proc)
     print(f"1 stream, one packet at a time, {len(lat['PlainEcho'])} packets per block")
     print(f"{'block':<36} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7}")
-    for name, label in (("BatchedEcho", "on_batch + TimeBasedBatcher(32, 0.01)"), ("PlainEcho", "on_data (no batcher)")):
+    labels = {"BatchedEcho": "on_batch + TimeBasedBatcher(32, 0.01)", "PlainEcho": "on_data (no batcher)"}
+    for name, label in labels.items():
         v = lat[name]
         print(f"{label:<36} {percentile(v, .5) * 1e3:>7.2f} {percentile(v, .9) * 1e3:>7.2f} "
               f"{percentile(v, .99) * 1e3:>7.2f}")
