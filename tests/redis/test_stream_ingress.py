@@ -86,9 +86,18 @@ def test_killed_consumer_entries_are_reclaimed_by_another_instance(spawn, redis_
     first.proc.wait(10)
     left_pending = pending(client, "jobs", "blk")
     assert left_pending > 0, "the killed instance held no pending entries"
-    spawn("tests.blocks.graph:StageBlock", env={**env, "AIOS_INSTANCE_ID": "second"})
-    wait_for(lambda: len(set(result_sessions(client, "results"))) >= n, 60, "every packet processed")
-    wait_for(lambda: pending(client, "jobs", "blk") == 0, 15, "every entry acknowledged")
+    second = spawn("tests.blocks.graph:StageBlock", env={**env, "AIOS_INSTANCE_ID": "second"})
+    try:
+        wait_for(lambda: len(set(result_sessions(client, "results"))) >= n, 90, "every packet processed")
+        wait_for(lambda: pending(client, "jobs", "blk") == 0, 30, "every entry acknowledged")
+    except AssertionError as exc:
+        second.stop()
+        state = {
+            "results": len(set(result_sessions(client, "results"))),
+            "consumers": client.xinfo_consumers("jobs", "blk"),
+            "groups": client.xinfo_groups("jobs"),
+        }
+        raise AssertionError(f"{exc}; {state}; second's log:\n{second.rest_of_log()[-3000:]}") from None
     assert set(result_sessions(client, "results")) == {f"s{i}" for i in range(n)}
     consumers = {c["name"].decode(): c["pending"] for c in client.xinfo_consumers("jobs", "blk")}
     assert consumers.get("first", 0) == 0 and "second" in consumers
