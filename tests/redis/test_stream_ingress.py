@@ -81,7 +81,7 @@ def test_killed_consumer_entries_are_reclaimed_by_another_instance(spawn, redis_
     n = 300
     add_packets(client, "jobs", n)
     # Let the first instance take entries, then kill it without any chance to clean up.
-    wait_for(lambda: client.xlen("results") >= 20, 30, "the first instance to start")
+    wait_for(lambda: client.xlen("results") >= 20, 60, "the first instance to start")
     os.kill(first.proc.pid, signal.SIGKILL)
     first.proc.wait(10)
     left_pending = pending(client, "jobs", "blk")
