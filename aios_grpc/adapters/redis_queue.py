@@ -27,6 +27,7 @@ class RedisListQueue(ListQueue):
         return cls(sync_client(url))
 
     def push(self, queue_name: str, payload: str | bytes) -> None:
+        """``LPUSH`` ``payload`` onto ``queue_name`` (raises when Redis is unreachable)."""
         self.client.lpush(queue_name, payload)
 
 

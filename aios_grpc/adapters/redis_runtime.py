@@ -77,6 +77,7 @@ class RedisRuntime:
             )
 
             async def apply(params: dict[str, Any]) -> None:
+                """Apply an update heard from another instance, without publishing it again."""
                 await control.set_parameters(params, broadcast=False)
 
             await self.broadcast.start(apply)

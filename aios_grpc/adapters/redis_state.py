@@ -51,29 +51,36 @@ class RedisStateStore(StateStore):
         return self.prefix + namespace
 
     def get_raw(self, namespace: str, key: str) -> str | None:
+        """``HGET``: the JSON text at ``key``, or None."""
         raw = cast(bytes | None, self.client.hget(self._key(namespace), key))
         return None if raw is None else raw.decode()
 
     def set_raw(self, namespace: str, key: str, value: str) -> None:
+        """``HSET``: store JSON text at ``key``."""
         self.client.hset(self._key(namespace), key, value)
 
     def delete(self, namespace: str, key: str) -> bool:
+        """``HDEL``: True when ``key`` existed."""
         return bool(self.client.hdel(self._key(namespace), key))
 
     def items_raw(self, namespace: str) -> dict[str, str]:
+        """``HGETALL``: every key of the namespace with its JSON text."""
         raw = cast(dict[bytes, bytes], self.client.hgetall(self._key(namespace)))
         return {k.decode(): v.decode() for k, v in raw.items()}
 
     def clear(self, namespace: str) -> None:
+        """``DEL`` the namespace's hash."""
         self.client.delete(self._key(namespace))
 
     def namespaces(self, prefix: str) -> list[str]:
+        """Namespaces starting with ``prefix`` (``SCAN``, never ``KEYS``)."""
         pattern = _GLOB.sub(r"\\\1", self._key(prefix)) + "*"
         cut = len(self.prefix)
         names: list[Any] = list(self.client.scan_iter(match=pattern, count=500))
         return sorted({n.decode()[cut:] for n in names})
 
     def expire(self, namespace: str, ttl_s: float) -> None:
+        """``PEXPIRE`` the namespace's hash ``ttl_s`` seconds from now."""
         self.client.pexpire(self._key(namespace), max(1, int(ttl_s * 1000)))
 
 
