@@ -57,3 +57,23 @@ class JoinBlock:
         inputs = entry.extra_data.get("inputs", [entry.extra_data])
         paths = sorted("/".join(i.get("path", [])) for i in inputs)
         return True, OnDataResult(output={"joined": paths, "n": len(inputs), "at": self.block_id})
+
+
+class FlakyBlock:
+    """Answers UNAVAILABLE (retryable) the first ``fail_times`` times it sees a session."""
+
+    def __init__(self, context):
+        self.fail_times = int(context.block_init_parameters.get("fail_times", 2))
+        self.seen = {}
+        self.calls = 0
+
+    def on_data(self, entry):
+        sid = entry.packet.session_id
+        self.calls += 1
+        self.seen[sid] = self.seen.get(sid, 0) + 1
+        if self.seen[sid] <= self.fail_times:
+            raise Unavailable(f"warming up ({self.seen[sid]})")
+        return True, OnDataResult(output={"attempts": self.seen[sid]})
+
+    def management(self, action, data):
+        return {"calls": self.calls}

@@ -124,3 +124,18 @@ def test_streamed_outputs_of_a_routed_packet_go_downstream_before_its_answer(ser
     assert [r.kind for r in results] == ["ok"]
     tokens = [json.loads(pb.Packet.FromString(x).data)["token"] for x in redis_server.client().lrange("tokens", 0, -1)]
     assert list(reversed(tokens)) == ["one", "two", "three"]  # LPUSH: newest first
+
+
+def test_retryable_answer_from_downstream_is_sent_again_within_the_bound(serve) -> None:
+    from tests.blocks.graph import FlakyBlock
+
+    b = serve(FlakyBlock, block_id="b", block_init_parameters={"fail_times": 2})
+    a = serve(StageBlock, block_id="a", route_allow=ALLOW, route_backoff_initial_s=0.01)
+    result = run_one(a.address, {}, {"outputs": [grpc_target(b.address)]})
+    assert result.ok and result.data == {"attempts": 3}
+    # Past the retry time the downstream's own UNAVAILABLE is passed on, not swallowed.
+    slow = serve(FlakyBlock, block_id="b2", block_init_parameters={"fail_times": 10**6})
+    a2 = serve(StageBlock, block_id="a2", route_allow=ALLOW, route_retry_timeout_s=0.5,
+               route_backoff_max_s=0.1)
+    failed = run_one(a2.address, {}, {"outputs": [grpc_target(slow.address)]})
+    assert failed.error.code == grpc.StatusCode.UNAVAILABLE and "warming up" in failed.error.message
