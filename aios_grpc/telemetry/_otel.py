@@ -92,6 +92,7 @@ class Observability(Telemetry):
             self.stats, self.resource, settings.metrics_port, settings.host
         )
         readers.extend(metric_readers or [])
+        self.metric_readers = readers
         self.meter_provider = MeterProvider(
             metric_readers=readers, resource=self.resource, exemplar_filter=AlwaysOffExemplarFilter()
         )
