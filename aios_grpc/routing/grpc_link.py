@@ -40,6 +40,7 @@ class _Send:
     packet: pb.Packet
     future: asyncio.Future[pb.PacketResult]
     deadline: float
+    order: int = 0  # position in the order packets were handed to the link
     attempts: int = 0
     parked: bool = False  # answered retryable, waiting to be sent again
     key: tuple[str, int] = field(init=False)
@@ -79,6 +80,7 @@ class GrpcLink:
         self._closed = False
         self.streams_opened = 0
         self.resent = 0
+        self._sent_total = 0
 
     async def send(self, packet: pb.Packet) -> pb.PacketResult:
         """Deliver ``packet``; return the downstream's terminal result (OK or a final error).
@@ -89,7 +91,8 @@ class GrpcLink:
         if self._closed:
             raise LinkUnavailable(f"link to {self.address} is closed")
         loop = asyncio.get_running_loop()
-        item = _Send(packet, loop.create_future(), loop.time() + self.retry_timeout_s)
+        self._sent_total += 1
+        item = _Send(packet, loop.create_future(), loop.time() + self.retry_timeout_s, self._sent_total)
         self._backlog.append(item)
         self._wake.set()
         if self._task is None or self._task.done():
@@ -118,12 +121,16 @@ class GrpcLink:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            sent: deque[_Send] = deque()
-            answered = await self._stream(sent)
+            waiting: dict[tuple[str, int], deque[_Send]] = {}
+            answered = await self._stream(waiting)
             if answered:
                 failures = 0
-            # Whatever the broken stream left unanswered goes first on the next one.
-            unanswered = [s for s in sent if not s.future.done() and not s.parked]
+            # Whatever the broken stream left unanswered goes first on the next one, in the
+            # order it was first sent (so each session keeps its order).
+            unanswered = sorted(
+                (s for queue in waiting.values() for s in queue if not s.future.done() and not s.parked),
+                key=lambda s: s.order,
+            )
             self.resent += len(unanswered)
             self._backlog.extendleft(reversed(unanswered))
             last_error = self._last_error
@@ -137,12 +144,14 @@ class GrpcLink:
 
     _last_error = ""
 
-    async def _stream(self, sent: deque[_Send]) -> bool:
-        """Run one Process stream until it breaks; True when it got at least one answer."""
+    async def _stream(self, waiting: dict[tuple[str, int], deque[_Send]]) -> bool:
+        """Run one Process stream until it breaks; True when it got at least one answer.
+
+        ``waiting`` holds the packets sent on it and not yet answered (per key, in order).
+        """
         self._last_error = ""
         call = self._stub.Process()  # type: ignore[call-arg]  # write()/read() API, no iterator
         self.streams_opened += 1
-        waiting: dict[tuple[str, int], deque[_Send]] = {}
         state = {"answered": False}
         reader = asyncio.create_task(self._read(call, waiting, state))
         try:
@@ -155,7 +164,6 @@ class GrpcLink:
                         if item.future.done():
                             continue
                         item.attempts += 1
-                        sent.append(item)
                         waiting.setdefault(item.key, deque()).append(item)
                         group.append(item.packet)
                     if len(group) == 1:
