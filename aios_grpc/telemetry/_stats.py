@@ -14,11 +14,10 @@ import bisect
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
-    Gauge,
     Histogram,
     HistogramDataPoint,
     Metric,
@@ -132,38 +131,12 @@ class Histo:
         return Metric(self.name, self.description, self.unit, Histogram(points, AggregationTemporality.CUMULATIVE))
 
 
-class GaugeFn:
-    """A gauge read when collected: ``read()`` returns ``{label values: value}``."""
-
-    def __init__(
-        self,
-        name: str,
-        description: str,
-        unit: str,
-        labelnames: Sequence[str],
-        read: Callable[[], dict[Key, float]],
-    ) -> None:
-        self.name = name
-        self.description = description
-        self.unit = unit
-        self.labelnames = tuple(labelnames)
-        self.read = read
-
-    def metric(self, start_ns: int, now_ns: int) -> Metric:
-        """The OpenTelemetry ``Gauge`` of the values read now."""
-        points = [
-            NumberDataPoint(dict(zip(self.labelnames, k, strict=True)), start_ns, now_ns, v)
-            for k, v in self.read().items()
-        ]
-        return Metric(self.name, self.description, self.unit, Gauge(points))
-
-
 class Stats:
     """The set of built-in aggregates of one server."""
 
     def __init__(self) -> None:
         self.start_ns = time.time_ns()
-        self.items: list[Counter | Histo | GaugeFn] = []
+        self.items: list[Counter | Histo] = []
 
     def counter(self, name: str, description: str, unit: str, labelnames: Sequence[str] = ()) -> Counter:
         """Add a counter."""
@@ -176,21 +149,11 @@ class Stats:
     ) -> Histo:
         """Add a histogram with upper bucket bounds ``bounds``."""
         h = Histo(name, description, unit, labelnames, bounds)
+        if not labelnames:
+            # One series only: export it from the start, so that a scrape shows 0, not nothing.
+            h.series[()] = _Series(len(h.bounds) + 1)
         self.items.append(h)
         return h
-
-    def gauge(
-        self,
-        name: str,
-        description: str,
-        unit: str,
-        labelnames: Sequence[str],
-        read: Callable[[], dict[Key, float]],
-    ) -> GaugeFn:
-        """Add a gauge read at collection time."""
-        g = GaugeFn(name, description, unit, labelnames, read)
-        self.items.append(g)
-        return g
 
     def metrics(self) -> list[Metric]:
         """Every aggregate as OpenTelemetry data, now."""
@@ -198,4 +161,4 @@ class Stats:
         return [item.metric(self.start_ns, now) for item in self.items]
 
 
-__all__ = ["Counter", "GaugeFn", "Histo", "Stats"]
+__all__ = ["Counter", "Histo", "Stats"]

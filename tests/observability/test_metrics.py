@@ -143,3 +143,38 @@ def test_metrics_port_minus_one_turns_the_endpoint_off(serve: Any) -> None:
     with BlockClient(served.address) as client:
         assert client.run({"x": 1}, timeout=10).ok
     assert served.server.telemetry.snapshot()["answered"] == 1
+
+
+def test_muxer_groups_batch_sizes_and_loop_lag(serve: Any) -> None:
+    from tests.scheduler.blocks import BatchBlock, MuxBlock
+
+    muxed = serve(MuxBlock, block_init_parameters={"n": 2, "timeout_s": 30}, loop_block_threshold_s=0.05)
+    with BlockClient(muxed.address) as client:
+        stream = client.stream(timeout=30)
+        stream.send(make_packet({"part": 1}, session_id="g", seq_no=1))
+        port = muxed.server.telemetry.metrics_port
+        deadline = time.monotonic() + 10
+        while value(scrape(port), "aios_muxer_open_groups") != 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert value(scrape(port), "aios_muxer_open_groups") == 1
+        stream.send(make_packet({"part": 2}, session_id="g", seq_no=1))
+        stream.close()
+        assert sum(r.terminal for r in stream.results()) == 2
+    s = scrape(port)
+    assert value(s, "aios_muxer_open_groups") == 0
+    assert value(s, "aios_packets_answered_total", code="OK") == 2
+    # The watchdog ticks every 25 ms and reports each tick's lag.
+    deadline = time.monotonic() + 10
+    while value(scrape(port), "aios_event_loop_lag_seconds_count") == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert value(scrape(port), "aios_event_loop_lag_seconds_count") > 0
+
+    batched = serve(BatchBlock, block_init_parameters={"n": 4, "t": 2.0})
+    packets = [make_packet({"i": i}, session_id=f"s{i}", seq_no=1) for i in range(8)]
+    with BlockClient(batched.address) as client:
+        assert sum(r.ok for r in client.process(packets, coalesce=8, timeout=30) if r.terminal) == 8
+    s = scrape(batched.server.telemetry.metrics_port)
+    sizes = batched.server.scheduler.block.instance.sizes
+    assert value(s, "aios_batch_size_count") == len(sizes)
+    assert value(s, "aios_batch_size_sum") == 8
+    assert value(s, "aios_stage_duration_seconds_count", stage="batch") == 8
