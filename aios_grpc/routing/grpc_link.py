@@ -154,6 +154,7 @@ class GrpcLink:
         self.streams_opened += 1
         state = {"answered": False}
         reader = asyncio.create_task(self._read(call, waiting, state))
+        waker: asyncio.Task[bool] | None = None
         try:
             while True:
                 while self._backlog:
@@ -180,6 +181,7 @@ class GrpcLink:
                 waker = asyncio.create_task(self._wake.wait())
                 await asyncio.wait({waker, reader}, return_when=asyncio.FIRST_COMPLETED)
                 waker.cancel()
+                waker = None
                 if reader.done():
                     break
         except asyncio.CancelledError:
@@ -189,6 +191,8 @@ class GrpcLink:
         except Exception as exc:
             self._last_error = _describe(exc)
         finally:
+            if waker is not None:
+                waker.cancel()
             if not reader.done():
                 call.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):

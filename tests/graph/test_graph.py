@@ -14,6 +14,7 @@ from aios_grpc_client import BlockClient, make_packet
 
 from aios_grpc._pb import pb
 from aios_grpc.adapters.redis_local import free_port
+from tests.blocks.graph import StageBlock
 
 ALLOW = json.dumps(["127.0.0.1:*"])
 
@@ -63,14 +64,15 @@ def test_four_block_graph_fan_out_and_mux_delivers_every_session_once(spawn, red
         assert data == {"joined": ["a/b", "a/c"], "n": 2, "at": "d"}
 
 
-def test_chain_loses_nothing_when_the_middle_block_restarts(spawn, redis_server) -> None:
+def test_chain_loses_nothing_when_the_middle_block_restarts(spawn, serve, redis_server) -> None:
     env = {"AIOS_ROUTE_ALLOW": ALLOW, "AIOS_WORKERS": "2", "AIOS_ROUTE_RETRY_TIMEOUT_S": "30"}
     c = spawn("tests.blocks.graph:StageBlock", env={**env, "AIOS_BLOCK_ID": "c"})
     b_port = free_port()
     b_env = {**env, "AIOS_BLOCK_ID": "b", "AIOS_PORT": str(b_port),
              "AIOS_BLOCK_INIT_PARAMETERS": json.dumps({"sleep": 0.005})}
     b = spawn("tests.blocks.graph:StageBlock", env=b_env)
-    a = spawn("tests.blocks.graph:StageBlock", env={**env, "AIOS_BLOCK_ID": "a"})
+    # a runs in this process, so that the test can look at its link to b.
+    a = serve(StageBlock, block_id="a", route_allow=["127.0.0.1:*"], route_retry_timeout_s=30)
     graph = json.dumps({"is_graph": True, "graph": {
         "a": {"outputs": [target(b.address, "b")]},
         "b": {"outputs": [target(c.address, "c")]},
@@ -99,3 +101,5 @@ def test_chain_loses_nothing_when_the_middle_block_restarts(spawn, redis_server)
     assert len(results) == n
     seen = Counter((p.session_id, p.seq_no) for p in final_outputs(redis_server, "final"))
     assert set(seen) == {(f"s{i}", 1) for i in range(n)}  # at least once, none lost
+    link = a.server.router.grpc_links[b.address]
+    assert link.resent > 0 and link.streams_opened >= 2  # a resent what b never answered
