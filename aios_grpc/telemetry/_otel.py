@@ -22,6 +22,7 @@ to the next block: a chain of blocks yields one trace.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import logging
@@ -177,9 +178,10 @@ class Observability(Telemetry):
         endpoint: MetricsEndpoint | None = self.endpoint
         if endpoint is not None:
             endpoint.stop()
-        self.meter_provider.shutdown(timeout_millis=2000)
+        # A final OTLP push can take a while; it must not stall the loop's last steps.
+        await asyncio.to_thread(self.meter_provider.shutdown, timeout_millis=2000)
         if self._own_tracer_provider is not None:
-            self._own_tracer_provider.shutdown()
+            await asyncio.to_thread(self._own_tracer_provider.shutdown)
 
     # -- hooks -------------------------------------------------------------------------
 
