@@ -119,7 +119,15 @@ class BlockServer:
     async def _init_block(self) -> None:
         scheduler_pool = Scheduler.make_executor(self.settings)
         loop = asyncio.get_running_loop()
-        instance = await loop.run_in_executor(scheduler_pool, self.block_class, self.context)
+        try:
+            instance = await loop.run_in_executor(scheduler_pool, self.block_class, self.context)
+        except Exception as exc:
+            # The traceback goes to the log (it points into the block's own code); the
+            # error that stops the server is one line.
+            name = self.block_class.__qualname__
+            log.error("%s.__init__ failed", name, exc_info=True)
+            scheduler_pool.shutdown(wait=False)
+            raise ConfigurationError(f"{name}.__init__ raised {type(exc).__name__}: {exc}") from None
         adapter = BlockAdapter(instance)
         self.telemetry.instrument(adapter)
         scheduler = Scheduler(

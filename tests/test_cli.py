@@ -51,6 +51,29 @@ def test_serve_with_a_module_that_raises_on_import(tmp_path):
     assert_one_line_error(proc, "RuntimeError: no model file")
 
 
+def test_serve_with_a_block_whose_init_raises(tmp_path):
+    (tmp_path / "init_fails.py").write_text(
+        "class Block:\n"
+        "    def __init__(self, context):\n"
+        "        raise RuntimeError('model file missing')\n"
+        "    def on_data(self, entry):\n"
+        "        return True, None\n"
+    )
+    proc = aios("serve", f"{tmp_path}/init_fails.py:Block", "--port", "0", env={"AIOS_METRICS_PORT": "0"})
+    assert proc.returncode == 2
+    # The traceback into the block's code is logged; the last line says what stopped the server.
+    assert 'init_fails.py", line 3, in __init__' in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == "aios-grpc: Block.__init__ raised RuntimeError: model file missing"
+
+
+def test_serve_with_a_class_that_is_not_a_block(tmp_path):
+    (tmp_path / "not_a_block.py").write_text("class Thing:\n    def __init__(self, context):\n        pass\n")
+    proc = aios("serve", f"{tmp_path}/not_a_block.py:Thing", "--port", "0", env={"AIOS_METRICS_PORT": "0"})
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == "aios-grpc: block class Thing defines neither on_data nor on_batch"
+
+
 @pytest.mark.parametrize(
     ("env", "expected"),
     [
