@@ -89,13 +89,15 @@ class RedisRuntime:
                 consumer=s.instance_id, batch=s.redis_batch, block_ms=s.redis_block_ms,
                 claim_idle_s=s.redis_claim_idle_s, max_deliveries=s.redis_max_deliveries,
                 dead_letter=s.redis_dead_letter_stream, results_stream=s.redis_results_stream,
-                max_in_flight=s.max_queued,
+                # Two batches: one being processed, the next read ahead. More would hoard
+                # entries that idle instances of the block could be working on.
+                max_in_flight=min(s.max_queued, 2 * s.redis_batch),
             ))
         if s.redis_ingress_list:
             self.ingresses.append(ListIngress(
                 self.client, scheduler, queue=s.redis_ingress_list, consumer=s.instance_id,
                 dead_letter=s.redis_dead_letter_stream, block_s=s.redis_block_ms / 1000,
-                heartbeat_s=s.redis_claim_idle_s, max_in_flight=s.max_queued,
+                heartbeat_s=s.redis_claim_idle_s, max_in_flight=min(s.max_queued, 2 * s.redis_batch),
             ))
         for ingress in self.ingresses:
             await ingress.start()

@@ -116,3 +116,18 @@ def test_entry_failing_with_a_retryable_error_is_dead_lettered_after_max_deliver
     assert b"AIOS_REDIS_MAX_DELIVERIES=2" in fields[b"error"]
     assert pb.Packet.FromString(fields[b"packet"]).session_id == "r"
     wait_for(lambda: pending(client, "jobs", "blk") == 0, 10, "acknowledged")
+
+
+def test_drain_stops_reading_and_acknowledges_what_was_in_flight(serve, redis_server) -> None:
+    client = redis_server.client()
+    served = serve(StageBlock, block_id="blk", redis_url=redis_server.url, redis_ingress_stream="jobs",
+                   redis_results_stream="results", redis_batch=10, block_init_parameters={"sleep": 0.05})
+    add_packets(client, "jobs", 200)
+    wait_for(lambda: client.xlen("results") >= 5, 30, "processing to start")
+    served.close(grace_s=20)
+    # Nothing it took is left pending, and it stopped reading: the rest waits for another instance.
+    assert pending(client, "jobs", "blk") == 0
+    done = client.xlen("results")
+    assert 5 <= done < 200
+    read = next(g for g in client.xinfo_groups("jobs") if g["name"] == b"blk")["entries-read"]
+    assert read == done
