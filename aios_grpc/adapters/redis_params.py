@@ -51,9 +51,10 @@ class ParameterBroadcast:
         self._tasks.append(asyncio.create_task(self._listen(), name="aios-params-listen"))
         if self.updates_list:
             self._tasks.append(asyncio.create_task(self._pop_updates(), name="aios-params-list"))
-        # Wait (bounded) for the subscription, so an update published right after start is heard.
+        # Wait (bounded) for the subscription, so an update published right after start is
+        # heard; with Redis down, start-up goes on and the listener keeps retrying.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._subscribed.wait(), 5.0)
+            await asyncio.wait_for(self._subscribed.wait(), 2.0)
 
     async def publish(self, params: dict[str, Any]) -> None:
         """Tell the other instances to apply ``params`` (errors are logged, not raised)."""

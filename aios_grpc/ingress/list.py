@@ -65,9 +65,10 @@ class ListIngress:
         self._idle.set()
 
     async def start(self) -> None:
-        """Recover this instance's own leftovers, then read, finish and watch other instances."""
-        await self._beat()
-        self.recovered += await self._requeue(self.processing)
+        """Start reading (after recovering this instance's own leftovers), finishing, watching.
+
+        Returns at once: while Redis is unreachable the reader retries in the background.
+        """
         self._reader = asyncio.create_task(self._read(), name=f"aios-list-{self.queue}")
         self._tasks = [
             asyncio.create_task(self._finisher(), name="aios-list-finish"),
@@ -104,6 +105,29 @@ class ListIngress:
         return moved
 
     async def _read(self) -> None:
+        # A Redis error that is not a lost connection (a key of the wrong type, a
+        # misconfiguration) is logged and retried: the reader never dies silently.
+        failures = 0
+        while True:
+            try:
+                await self._read_forever()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures += 1
+                log.error("reading %s failed: %s: %s", self.queue, type(exc).__name__, exc)
+                await asyncio.sleep(min(5.0, 0.1 * 2 ** min(failures, 6)))
+
+    async def _read_forever(self) -> None:
+        failures = 0
+        while True:
+            try:
+                await self._beat()
+                self.recovered += await self._requeue(self.processing)
+                break
+            except TRANSIENT as exc:
+                failures += 1
+                await pause(failures, f"recovering {self.processing}", exc)
         failures = 0
         while True:
             await self.window.acquire()

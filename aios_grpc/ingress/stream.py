@@ -91,8 +91,10 @@ class StreamIngress:
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Create the group if needed and start reading, acknowledging and reclaiming."""
-        await self._ensure_group()
+        """Start reading (after creating the group if needed), acknowledging and reclaiming.
+
+        Returns at once: while Redis is unreachable the reader retries in the background.
+        """
         self._reader = asyncio.create_task(self._read(), name=f"aios-stream-{self.stream}")
         self._tasks = [
             asyncio.create_task(self._ack(), name="aios-stream-ack"),
@@ -136,6 +138,21 @@ class StreamIngress:
     # -- reading ---------------------------------------------------------------------
 
     async def _read(self) -> None:
+        # A Redis error that is not a lost connection (a key of the wrong type, a
+        # misconfiguration) is logged and retried: the reader never dies silently.
+        failures = 0
+        while True:
+            try:
+                await self._read_forever()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures += 1
+                log.error("reading %s failed: %s: %s", self.stream, type(exc).__name__, exc)
+                await asyncio.sleep(min(5.0, 0.1 * 2 ** min(failures, 6)))
+
+    async def _read_forever(self) -> None:
+        await self._ensure_group()
         # First what this consumer id already holds (a restart with the same instance id).
         cursor = b"0"
         failures = 0

@@ -92,3 +92,17 @@ def test_grpc_keeps_serving_while_redis_is_down(serve, redis_server) -> None:
             assert all(results) and client.health() == "SERVING"
         finally:
             redis_server.start()
+
+
+def test_block_starts_while_redis_is_down_and_catches_up(serve, redis_server) -> None:
+    redis_server.stop()
+    try:
+        served = serve(StageBlock, block_id="blk", redis_url=redis_server.url, redis_ingress_stream="jobs",
+                       redis_results_stream="results")
+        with BlockClient(served.address) as client:
+            assert client.health() == "SERVING" and client.run({"x": 1}).ok
+    finally:
+        redis_server.start()
+    client = redis_server.client()
+    add_packets(client, "jobs", 20)
+    wait_for(lambda: client.xlen("results") >= 20, 30, "the ingress to reconnect")

@@ -131,3 +131,13 @@ def test_drain_stops_reading_and_acknowledges_what_was_in_flight(serve, redis_se
     assert 5 <= done < 200
     read = next(g for g in client.xinfo_groups("jobs") if g["name"] == b"blk")["entries-read"]
     assert read == done
+
+
+def test_a_key_of_the_wrong_type_is_reported_and_the_server_keeps_serving(serve, redis_server, caplog) -> None:
+    from aios_grpc_client import BlockClient
+
+    redis_server.client().set("jobs", "a string, not a stream")
+    served = serve(StageBlock, block_id="blk", redis_url=redis_server.url, redis_ingress_stream="jobs")
+    wait_for(lambda: any("reading jobs failed" in r.getMessage() for r in caplog.records), 10, "the error log")
+    with BlockClient(served.address) as client:
+        assert client.run({"x": 1}).ok
