@@ -214,8 +214,12 @@ class Scheduler:
             if merged is None:
                 return
             job = merged
-        assert self._queue is not None
-        await self._queue.put(job)
+        queue = self._queue
+        assert queue is not None
+        if queue.full():
+            await queue.put(job)
+        else:
+            queue.put_nowait(job)  # skips a coroutine per packet on the common path
 
     def submit_nowait(self, job: Job) -> None:
         """Queue a job or answer it RESOURCE_EXHAUSTED when the queue is full."""

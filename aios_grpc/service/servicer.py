@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -74,7 +75,7 @@ class BlockServicer(pb_grpc.BlockServiceServicer):
         scheduler = await self._scheduler()
         if not scheduler.accepting:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "block is draining; retry on another instance")
-        out: asyncio.Queue[Any] = asyncio.Queue()
+        out = _Outbox()
         stream = _Stream(scheduler, out, self.stream_max_in_flight, context.time_remaining())
         stream.trace = trace_metadata(context.invocation_metadata())
         reader = stream.reader = asyncio.create_task(stream.read(request_iterator))
@@ -171,20 +172,93 @@ class BlockServicer(pb_grpc.BlockServiceServicer):
         )
 
 
+class _Outbox:
+    """One stream's answers on their way out: a single-consumer queue, cheaper than asyncio.Queue.
+
+    Not bounded itself: the stream's window bounds the terminal results in it.
+    """
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: deque[Any] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: Any) -> None:
+        """Add an item and wake the consumer."""
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def empty(self) -> bool:
+        """Whether nothing is waiting."""
+        return not self._items
+
+    def get_nowait(self) -> Any:
+        """The oldest item (call only when not ``empty()``)."""
+        return self._items.popleft()
+
+    async def get(self) -> Any:
+        """The oldest item, waiting for one."""
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+
+class _Window:
+    """Packets a stream may have read and not yet answered: a counting semaphore with a
+    non-blocking fast path (``try_acquire``), since it is taken once per packet."""
+
+    __slots__ = ("_free", "_waiter")
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._waiter: asyncio.Future[None] | None = None
+
+    def try_acquire(self) -> bool:
+        """Take a place if one is free."""
+        if self._free > 0:
+            self._free -= 1
+            return True
+        return False
+
+    async def acquire(self) -> None:
+        """Take a place, waiting for one (only the stream's reader waits)."""
+        while self._free <= 0:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        self._free -= 1
+
+    def release(self) -> None:
+        """Give a place back."""
+        self._free += 1
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
 class _Stream:
     """One Process stream: reads packets, bounds those unanswered, orders the results."""
 
     def __init__(
         self,
         scheduler: Scheduler,
-        out: asyncio.Queue[Any],
+        out: _Outbox,
         max_in_flight: int,
         time_remaining: float | None,
     ) -> None:
         self.scheduler = scheduler
         self.out = out
         self.replies = OrderedReplies(self._emit)
-        self.window = asyncio.Semaphore(max_in_flight)
+        self.window = _Window(max_in_flight)
         self.coalesce = False
         self.closed = False
         self.reading = True
@@ -223,11 +297,12 @@ class _Stream:
                     )))
                     continue
                 for i, msg in enumerate(messages):
-                    try:
-                        await self.window.acquire()
-                    except asyncio.CancelledError:
-                        self._refuse(messages[i:])
-                        raise
+                    if not self.window.try_acquire():
+                        try:
+                            await self.window.acquire()
+                        except asyncio.CancelledError:
+                            self._refuse(messages[i:])
+                            raise
                     packet = packet_from_proto(msg)
                     deadline = self.deadline
                     if packet.deadline:
