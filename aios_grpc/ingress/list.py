@@ -173,6 +173,11 @@ class ListIngress:
                 except TRANSIENT as exc:
                     failures += 1
                     await pause(failures, f"finishing an item of {self.queue}", exc)
+                except Exception as exc:
+                    # The item stays in the processing list; it returns to the queue when
+                    # this instance is gone.
+                    log.error("finishing an item of %s failed: %s", self.queue, exc)
+                    break
             self.in_flight -= 1
             self.done += 1
             self.window.release()
@@ -204,6 +209,8 @@ class ListIngress:
             except TRANSIENT as exc:
                 failures += 1
                 await pause(failures, f"heartbeat on {self.queue}", exc)
+            except Exception as exc:
+                log.error("watching %s failed: %s: %s", self.queue, type(exc).__name__, exc)
 
     async def _recover_dead(self) -> None:
         prefix = f"{self.queue}:processing:"

@@ -236,6 +236,12 @@ class StreamIngress:
                     # XACK and XADD of the same answer again are harmless; keep trying.
                     failures += 1
                     await pause(failures, f"XACK on {self.stream}", exc)
+                except Exception as exc:
+                    # Not retryable (the group is gone, ...): the entries stay pending, or
+                    # are gone with the group; either way this instance moves on.
+                    log.error("acknowledging %d entries of %s failed: %s", len(items), self.stream, exc)
+                    self._settle(len(items))
+                    break
 
     async def _flush(self, items: list[_Done]) -> None:
         if not items:
@@ -260,8 +266,11 @@ class StreamIngress:
             pipe.xack(self.stream, self.group, *ack)
         await pipe.execute()
         self.acked += len(ack)
-        self.in_flight -= len(items)
-        self._release(len(items))
+        self._settle(len(items))
+
+    def _settle(self, n: int) -> None:
+        self.in_flight -= n
+        self._release(n)
         if self.in_flight <= 0:
             self._idle.set()
 
@@ -283,6 +292,9 @@ class StreamIngress:
             except TRANSIENT as exc:
                 failures += 1
                 await pause(failures, f"XAUTOCLAIM on {self.stream}", exc)
+            except Exception as exc:
+                log.error("reclaiming entries of %s failed: %s: %s", self.stream, type(exc).__name__, exc)
+                cursor = "0-0"
 
     async def _reclaim_once(self, cursor: Any) -> Any:
         reply = await self.client.xautoclaim(
