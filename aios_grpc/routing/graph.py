@@ -19,9 +19,10 @@ import logging
 from typing import TYPE_CHECKING
 
 import grpc
+from redis.exceptions import ResponseError as RedisResponseError
 
 from aios_grpc.converters import code_from_number, packet_from_proto, packet_to_proto
-from aios_grpc.errors import PacketError, Unavailable
+from aios_grpc.errors import InvalidPacket, PacketError, Unavailable
 from aios_grpc.packet import AIOSPacket
 from aios_grpc.routing.base import Router
 from aios_grpc.routing.grpc_link import GrpcLink, LinkUnavailable
@@ -113,7 +114,10 @@ class GraphRouter(Router):
         assert isinstance(msg, pb.Packet)
         try:
             if target.transport != GRPC:
-                await self._redis(target).push(target.transport, target.queue_name, msg.SerializeToString())
+                try:
+                    await self._redis(target).push(target.transport, target.queue_name, msg.SerializeToString())
+                except RedisResponseError as exc:  # e.g. WRONGTYPE: the queue is another kind of key
+                    raise InvalidPacket(f"target {target.describe()} refused the push: {exc}", stage="route") from None
                 return None
             link = self._grpc(target)
             result = await asyncio.wait_for(link.send(msg), self.retry_timeout_s + self.answer_timeout_s)

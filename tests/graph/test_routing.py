@@ -107,6 +107,10 @@ def test_redis_list_target_gets_protobuf_packets_and_down_redis_is_unavailable(s
     raw = redis_server.client().rpop("out")
     packet = pb.Packet.FromString(raw)
     assert json.loads(packet.data)["path"] == ["a"] and packet.output_ptr == ""
+    redis_server.client().set("a-string", "x")
+    wrong = {"outputs": [{"host": "127.0.0.1", "port": redis_server.port, "queue_name": "a-string"}]}
+    refused = run_one(a.address, {"v": 3}, wrong)
+    assert refused.error.code == grpc.StatusCode.INVALID_ARGUMENT and "WRONGTYPE" in refused.error.message
     down = {"outputs": [{"host": "127.0.0.1", "port": free_port(), "queue_name": "out"}]}
     result = run_one(a.address, {"v": 2}, down)
     assert result.error.code == grpc.StatusCode.UNAVAILABLE and "attempts" in result.error.message
