@@ -125,6 +125,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--packets", type=int, default=6000)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (server and offline)")
+    parser.add_argument("--concurrent", type=int, default=1, help="AIOS_MAX_CONCURRENT_BATCHES of the server")
     parser.add_argument("--rounds", type=int, default=3, help="served/offline alternations per mode")
     parser.add_argument("--window", type=float, default=0.0005, help="client coalesce_window_s when on")
     parser.add_argument("--input", choices=["binary", "json"], default="binary",
@@ -145,7 +146,8 @@ def main() -> None:
     params = {"batch_n": 32, "batch_t": 0.005, "threads": args.threads}
     results = {}
     for mode, window in (("coalescing on", args.window), ("coalescing off", 0.0)):
-        proc, address = start_block("examples/torch_classifier.py:TorchClassifier", params, OMP_NUM_THREADS="1")
+        proc, address = start_block("examples/torch_classifier.py:TorchClassifier", params, OMP_NUM_THREADS="1",
+                                    AIOS_MAX_CONCURRENT_BATCHES=str(args.concurrent))
         served: list[float] = []
         lat: list[float] = []
         run_rates: list[float] = []
@@ -167,7 +169,8 @@ def main() -> None:
         results[mode] = (statistics.median(served), lat, hist, typical_batch(hist),
                          statistics.median(run_rates), statistics.median(forward_rates))
     print(f"MLP 256-1024-1024-10 on CPU, torch threads {args.threads}, {STREAMS} streams x {PER_STREAM} in flight, "
-          f"{args.packets} packets per mode, TimeBasedBatcher(32, 0.005), {args.input} input")
+          f"{args.packets} packets per mode, TimeBasedBatcher(32, 0.005), {args.input} input, "
+          f"max_concurrent_batches {args.concurrent}")
     for mode, (rate, lat, hist, batch, run_rate, forward_rate) in results.items():
         print(f"\n[{mode}]")
         print(f"  served            {rate:8.0f} packets/s   p50 {percentile(lat, .5) * 1e3:.2f} ms   "
