@@ -219,6 +219,8 @@ class Block:
         if any(t.is_alive() for t in busy):
             log.warning("block code still running after the grace period; exiting without waiting for it")
             logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
             os._exit(0)
 
     async def serve(self) -> None:

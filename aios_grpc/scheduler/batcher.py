@@ -57,7 +57,8 @@ class BatchStage:
         self.flushing = False
         self.sizes: Counter[int] = Counter()
         self._slot_free = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[asyncio.Task[None], list[Job]] = {}
+        self._started: set[asyncio.Task[Any]] = set()
 
     # -- settings --------------------------------------------------------------------
 
@@ -121,8 +122,18 @@ class BatchStage:
                 await self._slot_free.wait()
             self.running += 1
             task = asyncio.create_task(self._run_batch(jobs))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._tasks[task] = jobs
+            task.add_done_callback(self._batch_done)
+
+    def _batch_done(self, task: asyncio.Task[None]) -> None:
+        jobs = self._tasks.pop(task, None)
+        started = task in self._started
+        self._started.discard(task)
+        if task.cancelled() and jobs is not None and not started:
+            # Cancelled before its first step: its own handler never ran.
+            self.running -= 1
+            self._slot_free.set()
+            answer_all(self.scheduler, jobs, Unavailable("server is shutting down", stage="batch"))
 
     def flush(self) -> None:
         """Close the open batch now and every later one as soon as it is queued (drain)."""
@@ -139,6 +150,9 @@ class BatchStage:
     # -- running -----------------------------------------------------------------------
 
     async def _run_batch(self, jobs: list[Job]) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._started.add(task)
         sched = self.scheduler
         start = time.monotonic()
         try:

@@ -127,3 +127,33 @@ def test_stop_flushes_the_open_batch_refuses_new_streams_and_reports_not_serving
     assert [r.seq_no for r in results] == [0, 1, 2, 3] and all(r.ok for r in results)
     assert results[1].data["size"] == 3  # the open batch ran whole, without waiting T
     assert took < 10
+
+
+def test_stop_answers_a_batch_cancelled_before_it_started():
+    import asyncio
+
+    from aios_grpc import TestContext
+    from aios_grpc.block import BlockAdapter
+    from aios_grpc.packet import AIOSPacket
+    from aios_grpc.scheduler import Job, Scheduler
+    from aios_grpc.settings import load_settings
+
+    async def main() -> list:
+        ctx = TestContext()
+        ctx.block_init_parameters = {"n": 4, "t": 0.0}
+        sched = Scheduler(BlockAdapter(BatchBlock(ctx)), load_settings(loop_block_threshold_s=0))
+        await sched.configure()
+        await sched.start()
+        answers: list = []
+        for k in range(3):
+            await sched.submit(Job(AIOSPacket(session_id="s", seq_no=k, data="{}"), answers.append))
+        await asyncio.sleep(0)  # the former forms the batch and creates its task
+        assert sched.batch_stage.running == 1
+        await sched.batch_stage.cancel()  # before the task's first step
+        assert sched.batch_stage.running == 0
+        await sched.stop()
+        return answers
+
+    answers = asyncio.run(main())
+    assert len(answers) == 3
+    assert all(a.error is not None and "shutting down" in str(a.error) for a in answers)
