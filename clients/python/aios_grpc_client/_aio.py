@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -15,6 +15,7 @@ from aios_grpc_client._client import _channel_options, _struct
 from aios_grpc_client._types import (
     DEFAULT_COALESCE,
     END,
+    Metadata,
     PacketLike,
     Result,
     async_window_requests,
@@ -36,13 +37,15 @@ class AsyncBlockClient:
         target: str,
         *,
         channel: grpc.aio.Channel | None = None,
-        metadata: list[tuple[str, str]] | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
         max_message_bytes: int = 16 * 1024 * 1024,
     ) -> None:
         self.target = target
         self.channel = channel or grpc.aio.insecure_channel(target, options=_channel_options(max_message_bytes))
-        self.metadata = metadata or []
-        self._stub = pb_grpc.BlockServiceStub(self.channel)
+        self.metadata: Metadata = tuple(metadata or ())
+        # The generated stub's typing describes a blocking channel; on an aio channel its
+        # calls return awaitables and async iterators, so it is typed loosely here.
+        self._stub: Any = pb_grpc.BlockServiceStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
 
     async def __aenter__(self) -> AsyncBlockClient:
@@ -53,7 +56,7 @@ class AsyncBlockClient:
 
     async def close(self) -> None:
         """Close the channel."""
-        await self.channel.close()
+        await self.channel.close(None)
 
     async def process(
         self,
@@ -176,8 +179,8 @@ class AsyncProcessStream:
 
     def __init__(
         self,
-        stub: pb_grpc.BlockServiceStub,
-        metadata: list[tuple[str, str]],
+        stub: Any,
+        metadata: Metadata,
         timeout: float | None,
         coalesce: int = 0,
         coalesce_window_s: float = 0.0,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import queue
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from aios_grpc_client._types import (
     DEFAULT_COALESCE,
     END,
+    Metadata,
     PacketLike,
     Result,
     feed_thread,
@@ -55,12 +56,12 @@ class BlockClient:
         target: str,
         *,
         channel: grpc.Channel | None = None,
-        metadata: list[tuple[str, str]] | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
         max_message_bytes: int = 16 * 1024 * 1024,
     ) -> None:
         self.target = target
         self.channel = channel or grpc.insecure_channel(target, options=_channel_options(max_message_bytes))
-        self.metadata = metadata or []
+        self.metadata: Metadata = tuple(metadata or ())
         self._stub = pb_grpc.BlockServiceStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
 
@@ -170,7 +171,7 @@ class ProcessStream:
     def __init__(
         self,
         stub: pb_grpc.BlockServiceStub,
-        metadata: list[tuple[str, str]],
+        metadata: Metadata,
         timeout: float | None,
         coalesce: int = 0,
         coalesce_window_s: float = 0.0,
@@ -210,7 +211,7 @@ class ProcessStream:
     def cancel(self) -> None:
         """Abandon the stream."""
         self.close()
-        self._responses.cancel()
+        self._responses.cancel()  # type: ignore[no-untyped-call]  # untyped in grpc-stubs
 
     def results(self) -> Iterator[Result]:
         """Results as they arrive, until the server ends the stream."""

@@ -18,6 +18,9 @@ _KINDS = {1: "ok", 2: "error", 3: "partial"}
 
 PacketLike = pb.Packet | Mapping[str, Any] | str
 
+# gRPC call metadata as the stubs take it: ("authorization", "Bearer ...") pairs.
+Metadata = tuple[tuple[str, str], ...]
+
 
 def make_packet(
     data: Any = None,
@@ -259,3 +262,22 @@ def feed_thread(
     thread = threading.Thread(target=run, name="aios-client-feed", daemon=True)
     thread.start()
     return thread
+
+
+__all__ = [
+    "DEFAULT_COALESCE",
+    "END",
+    "EndOfPackets",
+    "Metadata",
+    "PacketError",
+    "PacketLike",
+    "Result",
+    "async_window_requests",
+    "feed_thread",
+    "make_packet",
+    "pb",
+    "requests_of",
+    "results_of",
+    "to_packets",
+    "window_requests",
+]
