@@ -173,7 +173,7 @@ def main() -> None:
         for _ in range(args.rounds):
             for streams in args.streams:
                 for name, (address, pid) in addresses.items():
-                    rate, us = asyncio.run(_drive(address, pid, streams, args.packets))
+                    rate, us = asyncio.run(asyncio.wait_for(_drive(address, pid, streams, args.packets), 120))
                     rates.setdefault((name, streams), []).append(rate)
                     cpu.setdefault((name, streams), []).append(us)
     finally:
