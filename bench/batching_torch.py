@@ -15,7 +15,8 @@ alternate ``--rounds`` times and the medians are shown, so that load from elsewh
 on the machine falls on both alike.
 
 It prints packets/s served and offline, the served/offline ratios, the batch-size
-histogram and p50/p99 latency per mode.
+histogram and p50/p99 latency per mode, and, to show what gRPC and the client cost
+on this machine, the rate of the scheduler alone (jobs submitted in-process).
 """
 
 from __future__ import annotations
@@ -121,6 +122,47 @@ def offline(batch: int, inputs: list, seconds: float, threads: int) -> tuple[flo
     return rate(lambda: model.run(rows)), rate(lambda: model(ready))
 
 
+def in_process(packets: list, threads: int) -> float:
+    """Packets/s of the scheduler alone (no gRPC, no client): jobs submitted in this process."""
+    import torch
+
+    from aios_grpc import AIOSPacket, FileInfo, TestContext
+    from aios_grpc.block import BlockAdapter
+    from aios_grpc.scheduler import Job, Scheduler
+    from aios_grpc.settings import load_settings
+    from examples.torch_classifier import TorchClassifier
+
+    torch.set_num_threads(threads)
+    ctx = TestContext()
+    ctx.block_init_parameters = {"batch_n": 32, "batch_t": 0.005, "threads": threads}
+    block = TorchClassifier(ctx)
+    inputs = [AIOSPacket(session_id="s", seq_no=0, data=data,
+                         files=[FileInfo(json.dumps(m), b) for m, b in files or ()]) for data, files in packets]
+
+    async def run() -> float:
+        sched = Scheduler(BlockAdapter(block), load_settings(loop_block_threshold_s=0))
+        await sched.configure()
+        await sched.start()
+        n = 4000
+        done = asyncio.Event()
+        answered = [0]
+
+        def reply(result: object) -> None:
+            answered[0] += 1
+            if answered[0] == n:
+                done.set()
+
+        start = time.perf_counter()
+        for i in range(n):
+            await sched.submit(Job(inputs[i % len(inputs)], reply))
+        await asyncio.wait_for(done.wait(), 120)
+        elapsed = time.perf_counter() - start
+        await sched.stop()
+        return n / elapsed
+
+    return asyncio.run(run())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--packets", type=int, default=6000)
@@ -168,6 +210,7 @@ def main() -> None:
             stop(proc)
         results[mode] = (statistics.median(served), lat, hist, typical_batch(hist),
                          statistics.median(run_rates), statistics.median(forward_rates))
+    scheduler_only = in_process(pool, args.threads)
     print(f"MLP 256-1024-1024-10 on CPU, torch threads {args.threads}, {STREAMS} streams x {PER_STREAM} in flight, "
           f"{args.packets} packets per mode, TimeBasedBatcher(32, 0.005), {args.input} input, "
           f"max_concurrent_batches {args.concurrent}")
@@ -179,6 +222,9 @@ def main() -> None:
               f"{rate / run_rate:.2f}")
         print(f"  offline @ batch {batch:<3} bare forward   {forward_rate:8.0f} packets/s -> served/offline "
               f"{rate / forward_rate:.2f}")
+        if mode == "coalescing on":
+            print(f"  scheduler alone   {scheduler_only:8.0f} packets/s (no gRPC, no client; same block) "
+                  f"-> /offline {scheduler_only / run_rate:.2f}")
         total = sum(size * calls for size, calls in hist.items())
         shown = ", ".join(f"{size}:{calls}" for size, calls in sorted(hist.items()))
         print(f"  batch sizes (size:calls, incl. warm-up; {total} packets): {shown}")
