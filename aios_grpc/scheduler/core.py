@@ -152,6 +152,7 @@ class Scheduler:
                 self.answer,
                 self.muxer.timeout_s or self.settings.mux_timeout_s,
                 self.muxer.max_open_groups or self.settings.mux_max_open_groups,
+                self.telemetry.muxer_groups,
             )
         if self.batcher is not None:
             self.batch_stage = BatchStage(self, self.batcher, self.settings.max_concurrent_batches)

@@ -42,12 +42,20 @@ class _Group:
 class MuxStage:
     """Open muxer groups for one scheduler."""
 
-    def __init__(self, muxer: Muxer, answer: Answer, timeout_s: float, max_open_groups: int) -> None:
+    def __init__(
+        self,
+        muxer: Muxer,
+        answer: Answer,
+        timeout_s: float,
+        max_open_groups: int,
+        on_groups: Callable[[int], None] | None = None,
+    ) -> None:
         self.n = muxer.N
         self.timeout_s = timeout_s
         self.max_open_groups = max_open_groups
         self._answer = answer
         self._groups: dict[tuple[str, int], _Group] = {}
+        self._on_groups = on_groups  # told the number of open groups when evictions change it
         self.evicted = 0
 
     @property
@@ -117,6 +125,8 @@ class MuxStage:
         if group is None:
             return
         self.evicted += 1
+        if self._on_groups is not None:
+            self._on_groups(len(self._groups))
         error = DeadlineExceeded(
             f"muxer group (session {key[0]!r}, seq_no {key[1]}) incomplete after {self.timeout_s:g}s: "
             f"{len(group.members)} of {self.n} packets arrived",
@@ -128,6 +138,8 @@ class MuxStage:
     def flush(self, reason: str) -> None:
         """Answer every member of every open group UNAVAILABLE (used by drain)."""
         groups, self._groups = self._groups, {}
+        if self._on_groups is not None:
+            self._on_groups(0)
         for group in groups.values():
             if group.timer is not None:
                 group.timer.cancel()

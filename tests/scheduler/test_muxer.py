@@ -120,3 +120,26 @@ def test_many_streams_feed_one_muxer(serve):
     assert sorted(r.seq_no for r in outputs) == list(range(30))
     for r in outputs:
         assert sorted(x["stream"] for x in r.data["inputs"]) == [0, 1, 2, 3]
+
+
+def test_telemetry_sees_open_groups_rise_and_fall_on_eviction():
+    from aios_grpc.settings import load_settings
+    from aios_grpc.telemetry import Telemetry
+    from aios_grpc.testing import ServedBlock
+
+    class Groups(Telemetry):
+        def __init__(self) -> None:
+            self.seen: list[int] = []
+
+        def muxer_groups(self, open_groups: int) -> None:
+            self.seen.append(open_groups)
+
+    telemetry = Groups()
+    settings = load_settings(host="127.0.0.1", port=0, workers=1,
+                             block_init_parameters={"n": 2, "timeout_s": 0.2})
+    with ServedBlock(MuxBlock, settings, telemetry=telemetry) as served:
+        packets = [make_packet({"x": k}, session_id="s", seq_no=k) for k in range(2)]
+        with BlockClient(served.address) as client:
+            results = list(client.process(packets, timeout=20))
+    assert all(r.error.code == grpc.StatusCode.DEADLINE_EXCEEDED for r in results)
+    assert max(telemetry.seen) == 2 and telemetry.seen[-1] == 0
