@@ -63,6 +63,8 @@ class ListIngress:
         self._tasks: list[asyncio.Task[None]] = []
         self._idle = asyncio.Event()
         self._idle.set()
+        self._stopping = False
+        self._started = False
 
     async def start(self) -> None:
         """Start reading (after recovering this instance's own leftovers), finishing, watching.
@@ -77,12 +79,19 @@ class ListIngress:
 
     async def stop(self, timeout_s: float) -> None:
         """Stop reading, wait up to ``timeout_s`` for packets in flight, then stop."""
+        # A BLMOVE in progress returns (its item is processed) rather than being cancelled
+        # with the item already in our processing list.
+        self._stopping = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s + self.block_s
         if self._reader is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(self._reader), max(0.0, deadline - loop.time()))
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._reader
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), timeout_s)
+            await asyncio.wait_for(self._idle.wait(), max(0.0, deadline - loop.time()))
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -108,7 +117,7 @@ class ListIngress:
         # A Redis error that is not a lost connection (a key of the wrong type, a
         # misconfiguration) is logged and retried: the reader never dies silently.
         failures = 0
-        while True:
+        while not self._stopping:
             try:
                 await self._read_forever()
             except asyncio.CancelledError:
@@ -120,17 +129,21 @@ class ListIngress:
 
     async def _read_forever(self) -> None:
         failures = 0
-        while True:
+        while not self._started:
             try:
                 await self._beat()
+                # Only at start: later, the processing list holds packets in flight here.
                 self.recovered += await self._requeue(self.processing)
-                break
+                self._started = True
             except TRANSIENT as exc:
                 failures += 1
                 await pause(failures, f"recovering {self.processing}", exc)
         failures = 0
-        while True:
+        while not self._stopping:
             await self.window.acquire()
+            if self._stopping:
+                self.window.release()
+                return
             try:
                 item = await self.client.blmove(
                     self.queue, self.processing, self.block_s, "RIGHT", "LEFT"  # type: ignore[arg-type]

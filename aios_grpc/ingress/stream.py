@@ -87,6 +87,7 @@ class StreamIngress:
         self._reader: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
+        self._stopping = False
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -103,9 +104,18 @@ class StreamIngress:
 
     async def stop(self, timeout_s: float) -> None:
         """Stop reading, wait up to ``timeout_s`` for packets in flight, acknowledge them, stop."""
-        await self._cancel(self._reader)
+        # Let a read or claim in progress return rather than cancel it: Redis would count
+        # its entries as delivered to us, and nobody would process them until reclaimed.
+        self._stopping = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s + self.block_ms / 1000
+        for task in [self._reader, self._tasks[1] if len(self._tasks) > 1 else None]:
+            if task is not None:
+                with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
+                    await asyncio.wait_for(asyncio.shield(task), max(0.0, deadline - loop.time()))
+                await self._cancel(task)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), timeout_s)
+            await asyncio.wait_for(self._idle.wait(), max(0.0, deadline - loop.time()))
         for task in self._tasks:
             await self._cancel(task)
         # What was answered but not yet acknowledged: one bounded last try.
@@ -141,7 +151,7 @@ class StreamIngress:
         # A Redis error that is not a lost connection (a key of the wrong type, a
         # misconfiguration) is logged and retried: the reader never dies silently.
         failures = 0
-        while True:
+        while not self._stopping:
             try:
                 await self._read_forever()
             except asyncio.CancelledError:
@@ -156,8 +166,11 @@ class StreamIngress:
         # First what this consumer id already holds (a restart with the same instance id).
         cursor = b"0"
         failures = 0
-        while True:
+        while not self._stopping:
             n = await self._reserve()
+            if self._stopping:
+                self._release(n)
+                return
             try:
                 reply = await self.client.xreadgroup(
                     self.group, self.consumer, {self.stream: cursor}, count=n,
@@ -280,8 +293,10 @@ class StreamIngress:
         period = max(0.05, min(5.0, self.claim_idle_ms / 2000))
         cursor: Any = "0-0"
         failures = 0
-        while True:
+        while not self._stopping:
             await asyncio.sleep(period)
+            if self._stopping:
+                return
             try:
                 cursor = await self._reclaim_once(cursor)
                 failures = 0
