@@ -11,6 +11,11 @@ loop instead.
 
 Each job gets exactly one terminal result through ``job.reply``; partial outputs
 (generators) come before it.
+
+With a ``Muxer`` the packets of a group wait in ``MuxStage`` (``muxer.py``) and only
+the merged job is queued; with a batcher one ``BatchStage`` task (``batcher.py``)
+takes the queue instead of the workers and runs ``on_batch``. ``LoopWatchdog``
+(``watchdog.py``) reports user code that blocks the event loop.
 """
 
 from __future__ import annotations
@@ -26,7 +31,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from aios_grpc.block import BlockAdapter
-from aios_grpc.errors import BlockCodeError, DeadlineExceeded, PacketError, ResourceExhausted, Unavailable
+from aios_grpc.errors import (
+    BlockCodeError,
+    ConfigurationError,
+    DeadlineExceeded,
+    PacketError,
+    ParametersRejected,
+    ResourceExhausted,
+    Unavailable,
+)
 from aios_grpc.muxing import Batcher, Muxer
 from aios_grpc.packet import AIOSPacket, OnDataResult
 from aios_grpc.routing import Router
@@ -119,8 +132,6 @@ class Scheduler:
         ``data`` holds any of ``n``, ``t`` and ``max_concurrent_batches``; empty data just
         reports the current settings. The answer adds ``histogram``: calls per batch size.
         """
-        from aios_grpc.errors import ConfigurationError, ParametersRejected
-
         if self.batch_stage is None:
             raise ParametersRejected("aios.batcher: this block has no batcher (get_batcher() returned None)")
         unknown = set(data) - {"n", "t", "max_concurrent_batches"}
