@@ -22,7 +22,7 @@ SIDECAR_INPUTS = "INPUTS"
 
 
 class _Serializable(Protocol):
-    def SerializeToString(self) -> bytes: ...  # noqa: N802 - protobuf's name
+    def SerializeToString(self) -> bytes: ...
 
 
 class BlockEvents:
