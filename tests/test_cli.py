@@ -14,7 +14,8 @@ from tests.conftest import ROOT
 
 
 def aios(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    # Metrics on a free port: a test must not depend on the default port being free.
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "AIOS_METRICS_PORT": "0", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "aios_grpc", *args], cwd=ROOT, env=full_env,
         capture_output=True, text=True, timeout=timeout,
