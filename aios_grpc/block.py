@@ -88,8 +88,7 @@ class BlockAdapter:
             return None
         if not isinstance(batcher, Batcher):
             raise ConfigurationError(
-                f"{self.name}.get_batcher() must return a Batcher, TimeBasedBatcher or None, "
-                f"got {_short(batcher)}"
+                f"{self.name}.get_batcher() must return a Batcher, TimeBasedBatcher or None, got {_short(batcher)}"
             )
         if "on_batch" not in self.methods:
             raise ConfigurationError(f"{self.name}.get_batcher() returned a batcher but the block has no on_batch")
@@ -110,8 +109,7 @@ class BlockAdapter:
         """Reject a packet whose ``data`` is not JSON or that has too many files."""
         if len(packet.files) > max_files:
             raise InvalidPacket(
-                f"packet has {len(packet.files)} files; at most {max_files} are allowed "
-                "(AIOS_MAX_FILES_PER_PACKET)",
+                f"packet has {len(packet.files)} files; at most {max_files} are allowed (AIOS_MAX_FILES_PER_PACKET)",
                 stage="decode",
             )
         if validate_json and isinstance(packet.data, str) and packet.data:
@@ -144,8 +142,7 @@ class BlockAdapter:
         if isinstance(value, dict):
             return OnDataResult(output=value)
         raise BlockCodeError(
-            f"on_{stage} must return (True, OnDataResult(output=...)) or (True, None), "
-            f"got (True, {_short(value)})",
+            f"on_{stage} must return (True, OnDataResult(output=...)) or (True, None), got (True, {_short(value)})",
             stage=stage,
         )
 
@@ -229,9 +226,7 @@ class BlockAdapter:
             except PacketError:
                 raise
             except Exception as exc:
-                raise BlockCodeError(
-                    f"on_preprocess raised {type(exc).__name__}: {exc}", stage="preprocess"
-                ) from exc
+                raise BlockCodeError(f"on_preprocess raised {type(exc).__name__}: {exc}", stage="preprocess") from exc
             entries = self.check_preprocess(ret)
         else:
             entries = await to_thread(self.preprocess_sync, packet)

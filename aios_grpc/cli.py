@@ -61,8 +61,13 @@ def _block_health_server(args: argparse.Namespace) -> int:
     from aios_grpc.blockhealth import Aggregator, BlockHealthServer, load_block_health_settings
 
     overrides: dict[str, Any] = {}
-    for arg, field in (("host", "block_health_host"), ("port", "block_health_port"), ("redis", "redis_url"),
-                       ("max_age", "block_health_max_age_s"), ("prefix", "heartbeat_prefix")):
+    for arg, field in (
+        ("host", "block_health_host"),
+        ("port", "block_health_port"),
+        ("redis", "redis_url"),
+        ("max_age", "block_health_max_age_s"),
+        ("prefix", "heartbeat_prefix"),
+    ):
         if getattr(args, arg) is not None:
             overrides[field] = getattr(args, arg)
     if args.policy:
@@ -72,8 +77,11 @@ def _block_health_server(args: argparse.Namespace) -> int:
     try:
         aggregator.client.ping()
     except Exception as exc:
-        print(f"aios-grpc: warning: Redis at {settings.redis_url} does not answer yet ({exc}); "
-              "answering 503 until it does", file=sys.stderr)
+        print(
+            f"aios-grpc: warning: Redis at {settings.redis_url} does not answer yet ({exc}); "
+            "answering 503 until it does",
+            file=sys.stderr,
+        )
     try:
         server = BlockHealthServer(aggregator, settings.block_health_host, settings.block_health_port)
     except OSError as exc:
@@ -88,8 +96,11 @@ def _block_health_server(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     names = ", ".join(type(p).__name__ for p in aggregator.policies)
-    print(f"block health on http://{settings.block_health_host}:{server.port}/block/health/<block_id> "
-          f"(policies: {names})", flush=True)
+    print(
+        f"block health on http://{settings.block_health_host}:{server.port}/block/health/<block_id> "
+        f"(policies: {names})",
+        flush=True,
+    )
     try:
         server.serve_forever()
     finally:
@@ -122,8 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     bh.add_argument("--redis", help="Redis URL (AIOS_REDIS_URL)")
     bh.add_argument("--max-age", type=float, help="heartbeat age limit in seconds (AIOS_BLOCK_HEALTH_MAX_AGE_S)")
     bh.add_argument("--prefix", help="heartbeat key prefix (AIOS_HEARTBEAT_PREFIX)")
-    bh.add_argument("--policy", action="append", default=[],
-                    help="extra policy: MODULE:CLASS or a JSON object with 'class' and options (repeatable)")
+    bh.add_argument(
+        "--policy",
+        action="append",
+        default=[],
+        help="extra policy: MODULE:CLASS or a JSON object with 'class' and options (repeatable)",
+    )
     bh.set_defaults(func=_block_health_server)
     return parser
 

@@ -27,9 +27,7 @@ class Context:
     block_init_data: dict[str, Any] = field(default_factory=dict)
     block_init_settings: dict[str, Any] = field(default_factory=dict)
     block_init_parameters: dict[str, Any] = field(default_factory=dict)
-    allocation_info: dict[str, Any] = field(
-        default_factory=lambda: {"gpus": [], "node_id": "", "cluster_id": ""}
-    )
+    allocation_info: dict[str, Any] = field(default_factory=lambda: {"gpus": [], "node_id": "", "cluster_id": ""})
     metrics: AIOSMetrics = field(default_factory=AIOSMetrics)
     sessions: SessionsManager = field(default_factory=SessionsManager)
     events: BlockEvents = field(default_factory=BlockEvents)

@@ -23,9 +23,7 @@ Broadcast = Callable[[dict[str, Any]], Coroutine[Any, Any, None]]
 class ControlPlane:
     """SetParameters, Management and GetInfo for one block instance."""
 
-    def __init__(
-        self, block: BlockAdapter, scheduler: Scheduler, parameters: dict[str, Any], block_class: str
-    ) -> None:
+    def __init__(self, block: BlockAdapter, scheduler: Scheduler, parameters: dict[str, Any], block_class: str) -> None:
         self.block = block
         self.scheduler = scheduler
         self.parameters = copy.deepcopy(parameters)
@@ -44,17 +42,13 @@ class ControlPlane:
             return await method(*args)
         return await self.scheduler.to_thread(method, *args)
 
-    async def set_parameters(
-        self, params: Any, *, broadcast: bool = True
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
+    async def set_parameters(self, params: Any, *, broadcast: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
         """Apply ``params`` through ``on_update``; returns (applied, all current parameters).
 
         With ``broadcast`` (and Redis configured) the other instances apply them too.
         """
         if not isinstance(params, dict):
-            raise ParametersRejected(
-                f"parameters must be a JSON object, got {type(params).__name__}"
-            )
+            raise ParametersRejected(f"parameters must be a JSON object, got {type(params).__name__}")
         async with self._lock:  # updates apply one at a time, in arrival order
             if not self.block.has("on_update"):
                 applied: Any = params
@@ -73,9 +67,7 @@ class ControlPlane:
                 if applied is None:
                     applied = params
                 if not isinstance(applied, dict):
-                    raise ParametersRejected(
-                        f"on_update must return (True, dict), got (True, {applied!r:.120})"
-                    )
+                    raise ParametersRejected(f"on_update must return (True, dict), got (True, {applied!r:.120})")
             self.parameters.update(applied)
             current = copy.deepcopy(self.parameters)
         if broadcast and self.broadcast is not None:

@@ -33,9 +33,7 @@ class BlockEvents:
     True
     """
 
-    def __init__(
-        self, block_id: str = "", queue: ListQueue | None = None, queue_name: str = EVENTS_QUEUE
-    ) -> None:
+    def __init__(self, block_id: str = "", queue: ListQueue | None = None, queue_name: str = EVENTS_QUEUE) -> None:
         self.block_id = block_id
         self.queue = queue or MemoryListQueue()
         self.queue_name = queue_name

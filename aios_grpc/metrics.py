@@ -60,15 +60,11 @@ class AIOSMetrics:
         self._specs: dict[str, MetricSpec] = {}
         self.backend = backend or MetricsBackend()
 
-    def register_counter(
-        self, name: str, documentation: str, labelnames: Sequence[str] | None = None
-    ) -> None:
+    def register_counter(self, name: str, documentation: str, labelnames: Sequence[str] | None = None) -> None:
         """Register a counter (a total that only goes up)."""
         self._register(name, "counter", documentation, labelnames, ())
 
-    def register_gauge(
-        self, name: str, documentation: str, labelnames: Sequence[str] | None = None
-    ) -> None:
+    def register_gauge(self, name: str, documentation: str, labelnames: Sequence[str] | None = None) -> None:
         """Register a gauge (a value that goes up and down)."""
         self._register(name, "gauge", documentation, labelnames, ())
 
@@ -83,9 +79,7 @@ class AIOSMetrics:
         bounds = tuple(sorted(float(b) for b in buckets)) if buckets else DEFAULT_BUCKETS
         self._register(name, "histogram", documentation, labelnames, bounds)
 
-    def increment_counter(
-        self, name: str, labels: Mapping[str, str] | None = None, amount: float = 1.0
-    ) -> None:
+    def increment_counter(self, name: str, labels: Mapping[str, str] | None = None, amount: float = 1.0) -> None:
         """Add ``amount`` (default 1) to a counter."""
         if amount < 0:
             raise ValueError(f"counter {name!r} can only go up (amount={amount})")
@@ -101,9 +95,7 @@ class AIOSMetrics:
             spec.values[key] = float(value)
         self.backend.record(spec, float(value), labels or {})
 
-    def observe_histogram(
-        self, name: str, value: float, labels: Mapping[str, str] | None = None
-    ) -> None:
+    def observe_histogram(self, name: str, value: float, labels: Mapping[str, str] | None = None) -> None:
         """Record one sample in a histogram."""
         spec, key = self._lookup(name, "histogram", labels)
         with self._lock:
@@ -139,17 +131,14 @@ class AIOSMetrics:
             if old is not None:
                 if old.kind != kind or old.labelnames != labels:
                     raise ValueError(
-                        f"metric {name!r} is already registered as a {old.kind} "
-                        f"with labels {list(old.labelnames)}"
+                        f"metric {name!r} is already registered as a {old.kind} with labels {list(old.labelnames)}"
                     )
                 return
             spec = MetricSpec(name, kind, documentation, labels, buckets)
             self._specs[name] = spec
         self.backend.register(spec)
 
-    def _lookup(
-        self, name: str, kind: str | None, labels: Mapping[str, str] | None
-    ) -> tuple[MetricSpec, LabelKey]:
+    def _lookup(self, name: str, kind: str | None, labels: Mapping[str, str] | None) -> tuple[MetricSpec, LabelKey]:
         spec = self._specs.get(name)
         if spec is None:
             known = ", ".join(sorted(self._specs)) or "none"
@@ -158,9 +147,7 @@ class AIOSMetrics:
             raise ValueError(f"metric {name!r} is a {spec.kind}, not a {kind}")
         given = labels or {}
         if set(given) != set(spec.labelnames):
-            raise ValueError(
-                f"metric {name!r} takes labels {sorted(spec.labelnames)}, got {sorted(given)}"
-            )
+            raise ValueError(f"metric {name!r} takes labels {sorted(spec.labelnames)}, got {sorted(given)}")
         return spec, tuple(str(given[n]) for n in spec.labelnames)
 
 

@@ -27,9 +27,7 @@ class Muxer:
     ``max_open_groups`` bounds how many groups may wait at once (None: settings).
     """
 
-    def __init__(
-        self, N: int = 1, timeout_s: float | None = None, max_open_groups: int | None = None
-    ) -> None:
+    def __init__(self, N: int = 1, timeout_s: float | None = None, max_open_groups: int | None = None) -> None:
         if int(N) < 1:
             raise ValueError(f"Muxer N must be 1 or more, got {N}")
         self.N = int(N)

@@ -103,8 +103,9 @@ class BlockServer:
         await self.telemetry.start()
         await self.health.start()
         await server.start()
-        log.info("listening on %s (block %s, instance %s)", self.address,
-                 self.settings.block_id, self.settings.instance_id)
+        log.info(
+            "listening on %s (block %s, instance %s)", self.address, self.settings.block_id, self.settings.instance_id
+        )
         await self._init_block()
 
     def _window_options(self) -> list[tuple[str, int]]:

@@ -29,9 +29,7 @@ def _env(name: str, *legacy: str) -> AliasChoices:
 class Settings(BaseSettings):
     """Settings of one block instance (see docs/configuration.md)."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="AIOS_", extra="ignore", validate_default=True, populate_by_name=True
-    )
+    model_config = SettingsConfigDict(env_prefix="AIOS_", extra="ignore", validate_default=True, populate_by_name=True)
 
     # Identity
     block_id: str = Field("block", validation_alias=_env("BLOCK_ID", "BLOCK_ID"))
@@ -43,9 +41,7 @@ class Settings(BaseSettings):
     """Id of this instance (a random one when unset)."""
 
     # Block context (JSON objects)
-    block_data: dict[str, Any] = Field(
-        default_factory=dict, validation_alias=_env("BLOCK_DATA", "BLOCK_DATA")
-    )
+    block_data: dict[str, Any] = Field(default_factory=dict, validation_alias=_env("BLOCK_DATA", "BLOCK_DATA"))
     """The block's full configuration (JSON object), as ``context.block_data``."""
     block_init_data: dict[str, Any] = Field(
         default_factory=dict, validation_alias=_env("BLOCK_INIT_DATA", "BLOCK_INIT_DATA")
@@ -81,9 +77,7 @@ class Settings(BaseSettings):
     """Packets waiting for a worker, over all streams; a full queue pauses the readers."""
     stream_max_in_flight: int = Field(256, ge=1, validation_alias=_env("STREAM_MAX_IN_FLIGHT"))
     """Unanswered packets one Process stream may have; past it the server stops reading it."""
-    max_message_bytes: int = Field(
-        16 * 1024 * 1024, ge=1024, validation_alias=_env("MAX_MESSAGE_BYTES")
-    )
+    max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024, validation_alias=_env("MAX_MESSAGE_BYTES"))
     """Largest gRPC message received or sent."""
     max_files_per_packet: int = Field(64, ge=0, validation_alias=_env("MAX_FILES_PER_PACKET"))
     """Files one packet may carry; more is answered INVALID_ARGUMENT."""
@@ -113,9 +107,7 @@ class Settings(BaseSettings):
     # Routing (output_ptr targets)
     route_allow: list[str] = Field(default_factory=list, validation_alias=_env("ROUTE_ALLOW"))
     """``host:port`` glob patterns (JSON list) of routing targets; empty allows none."""
-    route_allow_queues: list[str] = Field(
-        default_factory=lambda: ["*"], validation_alias=_env("ROUTE_ALLOW_QUEUES")
-    )
+    route_allow_queues: list[str] = Field(default_factory=lambda: ["*"], validation_alias=_env("ROUTE_ALLOW_QUEUES"))
     """Glob patterns (JSON list) of Redis queue names that outputs may be pushed to."""
     route_retry_timeout_s: float = Field(10.0, gt=0, validation_alias=_env("ROUTE_RETRY_TIMEOUT_S"))
     """Seconds a down target is retried before the input is answered UNAVAILABLE."""
@@ -151,9 +143,7 @@ class Settings(BaseSettings):
     """Dead-letter stream (default: ``<ingress stream>:dead`` or ``<ingress list>:dead``)."""
     redis_events_queue: str = Field("EVENTS_QUEUE", validation_alias=_env("REDIS_EVENTS_QUEUE"))
     """List that ``BlockEvents.push_event`` pushes to."""
-    redis_parameter_updates: str = Field(
-        "PARAMETER_UPDATES", validation_alias=_env("REDIS_PARAMETER_UPDATES")
-    )
+    redis_parameter_updates: str = Field("PARAMETER_UPDATES", validation_alias=_env("REDIS_PARAMETER_UPDATES"))
     """List of parameter updates (JSON objects) applied and broadcast to every instance; empty: off."""
     redis_broadcast_parameters: bool = Field(True, validation_alias=_env("REDIS_BROADCAST_PARAMETERS"))
     """Whether SetParameters on one instance is applied on every instance of the block."""

@@ -25,9 +25,7 @@ class StateDict(MutableMapping[str, Any]):
     Reads return copies: change a value and assign it back to store the change.
     """
 
-    def __init__(
-        self, name: str = "default", store: StateStore | None = None, ttl_s: float | None = None
-    ) -> None:
+    def __init__(self, name: str = "default", store: StateStore | None = None, ttl_s: float | None = None) -> None:
         self.name = name
         self._store = store or MemoryStateStore()
         self._ttl_s = ttl_s

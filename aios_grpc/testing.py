@@ -75,9 +75,7 @@ class BlockTester:
             seq_no=seq_no,
             data=data if isinstance(data, str) else json.dumps({} if data is None else data),
             output_ptr=output_ptr,
-            files=[
-                FileInfo(m if isinstance(m, str) else json.dumps(m), bytes(b)) for m, b in files or ()
-            ],
+            files=[FileInfo(m if isinstance(m, str) else json.dumps(m), bytes(b)) for m, b in files or ()],
         )
         self.adapter.validate_packet(packet, True, 1 << 30)
         streamed: list[OnDataResult] = []

@@ -30,9 +30,7 @@ from typing import Any
 try:
     import torch
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
-    raise ImportError(
-        "aios_grpc.torch needs torch: pip install 'aios-grpc[torch]'"
-    ) from exc
+    raise ImportError("aios_grpc.torch needs torch: pip install 'aios-grpc[torch]'") from exc
 
 log = logging.getLogger("aios_grpc.torch")
 
@@ -80,8 +78,9 @@ def select_device(source: Any = None) -> torch.device:
     return torch.device(f"cuda:{index}")
 
 
-def collate(inputs: Sequence[Any], *, dtype: torch.dtype | None = torch.float32,
-            device: torch.device | str | None = None) -> Any:
+def collate(
+    inputs: Sequence[Any], *, dtype: torch.dtype | None = torch.float32, device: torch.device | str | None = None
+) -> Any:
     """Stack one input per entry into a batch.
 
     Each input is a number list (nested for more dimensions), a tensor, an array, or
@@ -95,8 +94,9 @@ def collate(inputs: Sequence[Any], *, dtype: torch.dtype | None = torch.float32,
         keys = list(first)
         for i, item in enumerate(inputs):
             if not isinstance(item, Mapping) or list(item) != keys:
-                raise ValueError(f"entry {i} has keys {list(item) if isinstance(item, Mapping) else item!r}, "
-                                 f"entry 0 has {keys}")
+                raise ValueError(
+                    f"entry {i} has keys {list(item) if isinstance(item, Mapping) else item!r}, entry 0 has {keys}"
+                )
         return {k: collate([item[k] for item in inputs], dtype=dtype, device=device) for k in keys}
     tensors = [torch.as_tensor(item, dtype=dtype) for item in inputs]
     shape = tensors[0].shape

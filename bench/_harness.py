@@ -19,13 +19,26 @@ sys.path[:0] = [str(ROOT / "generated"), str(ROOT / "clients" / "python"), str(R
 def start_block(ref: str, params: dict[str, Any] | None = None, **env: str) -> tuple[subprocess.Popen[str], str]:
     """``aios-grpc serve ref`` in a subprocess; returns it and its ``host:port``."""
     full = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    full.update({"AIOS_HOST": "127.0.0.1", "AIOS_PORT": "0", "AIOS_LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1",
-                 "AIOS_METRICS_PORT": "-1"})
+    full.update(
+        {
+            "AIOS_HOST": "127.0.0.1",
+            "AIOS_PORT": "0",
+            "AIOS_LOG_LEVEL": "INFO",
+            "PYTHONUNBUFFERED": "1",
+            "AIOS_METRICS_PORT": "-1",
+        }
+    )
     if params is not None:
         full["AIOS_BLOCK_INIT_PARAMETERS"] = json.dumps(params)
     full.update(env)
-    proc = subprocess.Popen([sys.executable, "-m", "aios_grpc", "serve", ref], cwd=ROOT, env=full,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aios_grpc", "serve", ref],
+        cwd=ROOT,
+        env=full,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     assert proc.stdout is not None
     seen: list[str] = []
     end = time.monotonic() + 90

@@ -136,8 +136,10 @@ def in_process(packets: list, threads: int) -> float:
     ctx = TestContext()
     ctx.block_init_parameters = {"batch_n": 32, "batch_t": 0.005, "threads": threads}
     block = TorchClassifier(ctx)
-    inputs = [AIOSPacket(session_id="s", seq_no=0, data=data,
-                         files=[FileInfo(json.dumps(m), b) for m, b in files or ()]) for data, files in packets]
+    inputs = [
+        AIOSPacket(session_id="s", seq_no=0, data=data, files=[FileInfo(json.dumps(m), b) for m, b in files or ()])
+        for data, files in packets
+    ]
 
     async def run() -> float:
         sched = Scheduler(BlockAdapter(block), load_settings(loop_block_threshold_s=0))
@@ -170,8 +172,12 @@ def main() -> None:
     parser.add_argument("--concurrent", type=int, default=1, help="AIOS_MAX_CONCURRENT_BATCHES of the server")
     parser.add_argument("--rounds", type=int, default=3, help="served/offline alternations per mode")
     parser.add_argument("--window", type=float, default=0.0005, help="client coalesce_window_s when on")
-    parser.add_argument("--input", choices=["binary", "json"], default="binary",
-                        help="x as a raw float32 file (default) or as a JSON list of 256 numbers")
+    parser.add_argument(
+        "--input",
+        choices=["binary", "json"],
+        default="binary",
+        help="x as a raw float32 file (default) or as a JSON list of 256 numbers",
+    )
     args = parser.parse_args()
     rng = random.Random(0)
     vectors = [[rng.uniform(-1, 1) for _ in range(256)] for _ in range(64)]
@@ -188,8 +194,12 @@ def main() -> None:
     params = {"batch_n": 32, "batch_t": 0.005, "threads": args.threads}
     results = {}
     for mode, window in (("coalescing on", args.window), ("coalescing off", 0.0)):
-        proc, address = start_block("examples/torch_classifier.py:TorchClassifier", params, OMP_NUM_THREADS="1",
-                                    AIOS_MAX_CONCURRENT_BATCHES=str(args.concurrent))
+        proc, address = start_block(
+            "examples/torch_classifier.py:TorchClassifier",
+            params,
+            OMP_NUM_THREADS="1",
+            AIOS_MAX_CONCURRENT_BATCHES=str(args.concurrent),
+        )
         served: list[float] = []
         lat: list[float] = []
         run_rates: list[float] = []
@@ -208,23 +218,39 @@ def main() -> None:
             hist = asyncio.run(histogram(address))
         finally:
             stop(proc)
-        results[mode] = (statistics.median(served), lat, hist, typical_batch(hist),
-                         statistics.median(run_rates), statistics.median(forward_rates))
+        results[mode] = (
+            statistics.median(served),
+            lat,
+            hist,
+            typical_batch(hist),
+            statistics.median(run_rates),
+            statistics.median(forward_rates),
+        )
     scheduler_only = in_process(pool, args.threads)
-    print(f"MLP 256-1024-1024-10 on CPU, torch threads {args.threads}, {STREAMS} streams x {PER_STREAM} in flight, "
-          f"{args.packets} packets per mode, TimeBasedBatcher(32, 0.005), {args.input} input, "
-          f"max_concurrent_batches {args.concurrent}")
+    print(
+        f"MLP 256-1024-1024-10 on CPU, torch threads {args.threads}, {STREAMS} streams x {PER_STREAM} in flight, "
+        f"{args.packets} packets per mode, TimeBasedBatcher(32, 0.005), {args.input} input, "
+        f"max_concurrent_batches {args.concurrent}"
+    )
     for mode, (rate, lat, hist, batch, run_rate, forward_rate) in results.items():
         print(f"\n[{mode}]")
-        print(f"  served            {rate:8.0f} packets/s   p50 {percentile(lat, .5) * 1e3:.2f} ms   "
-              f"p99 {percentile(lat, .99) * 1e3:.2f} ms")
-        print(f"  offline @ batch {batch:<3} TorchModel.run {run_rate:8.0f} packets/s -> served/offline "
-              f"{rate / run_rate:.2f}")
-        print(f"  offline @ batch {batch:<3} bare forward   {forward_rate:8.0f} packets/s -> served/offline "
-              f"{rate / forward_rate:.2f}")
+        print(
+            f"  served            {rate:8.0f} packets/s   p50 {percentile(lat, 0.5) * 1e3:.2f} ms   "
+            f"p99 {percentile(lat, 0.99) * 1e3:.2f} ms"
+        )
+        print(
+            f"  offline @ batch {batch:<3} TorchModel.run {run_rate:8.0f} packets/s -> served/offline "
+            f"{rate / run_rate:.2f}"
+        )
+        print(
+            f"  offline @ batch {batch:<3} bare forward   {forward_rate:8.0f} packets/s -> served/offline "
+            f"{rate / forward_rate:.2f}"
+        )
         if mode == "coalescing on":
-            print(f"  scheduler alone   {scheduler_only:8.0f} packets/s (no gRPC, no client; same block) "
-                  f"-> /offline {scheduler_only / run_rate:.2f}")
+            print(
+                f"  scheduler alone   {scheduler_only:8.0f} packets/s (no gRPC, no client; same block) "
+                f"-> /offline {scheduler_only / run_rate:.2f}"
+            )
         total = sum(size * calls for size, calls in hist.items())
         shown = ", ".join(f"{size}:{calls}" for size, calls in sorted(hist.items()))
         print(f"  batch sizes (size:calls, incl. warm-up; {total} packets): {shown}")

@@ -54,8 +54,9 @@ async def drive(address: str, streams: int, total: int, options: dict) -> float:
 
         async def one(k: int, n: int) -> int:
             count = 0
-            async for r in client.process(({"i": i, "text": "hello"} for i in range(n)),
-                                          session_id=f"s{k}", timeout=300, **options):
+            async for r in client.process(
+                ({"i": i, "text": "hello"} for i in range(n)), session_id=f"s{k}", timeout=300, **options
+            ):
                 count += r.ok
             return count
 
@@ -88,11 +89,9 @@ def main() -> None:
         stop(proc)
     base = statistics.median(rates["none"])
     base_cpu = statistics.median(cpu["none"])
-    print(f"trivial block, {args.streams} streams, {args.packets} packets per run, "
-          f"median of {args.rounds} rounds")
+    print(f"trivial block, {args.streams} streams, {args.packets} packets per run, median of {args.rounds} rounds")
     print(f"{'mode':<34} {'packets/s':>10} {'vs none':>8} {'server cpu us/pkt':>18} {'cpu vs none':>11}")
-    labels = {"none": "no coalescing", "window": "coalesce_window_s=0.002",
-              "count": "coalesce=64"}
+    labels = {"none": "no coalescing", "window": "coalesce_window_s=0.002", "count": "coalesce=64"}
     for mode in MODES:
         rate = statistics.median(rates[mode])
         us = statistics.median(cpu[mode])

@@ -88,12 +88,16 @@ def main() -> None:
     labels = {"BatchedEcho": "on_batch + TimeBasedBatcher(32, 0.01)", "PlainEcho": "on_data (no batcher)"}
     for name, label in labels.items():
         v = lat[name]
-        print(f"{label:<36} {percentile(v, .5) * 1e3:>7.2f} {percentile(v, .9) * 1e3:>7.2f} "
-              f"{percentile(v, .99) * 1e3:>7.2f}")
+        print(
+            f"{label:<36} {percentile(v, 0.5) * 1e3:>7.2f} {percentile(v, 0.9) * 1e3:>7.2f} "
+            f"{percentile(v, 0.99) * 1e3:>7.2f}"
+        )
     p50 = percentile(lat["BatchedEcho"], 0.5)
-    print(f"batched p50 {'does not include' if p50 < 0.01 else 'INCLUDES'} the 10 ms wait "
-          f"(p50 {p50 * 1e3:.2f} ms; batched/plain p50 ratio "
-          f"{p50 / percentile(lat['PlainEcho'], 0.5):.2f})")
+    print(
+        f"batched p50 {'does not include' if p50 < 0.01 else 'INCLUDES'} the 10 ms wait "
+        f"(p50 {p50 * 1e3:.2f} ms; batched/plain p50 ratio "
+        f"{p50 / percentile(lat['PlainEcho'], 0.5):.2f})"
+    )
 
 
 if __name__ == "__main__":

@@ -53,11 +53,12 @@ class NoopBlock:
 
 def produce(client: redis.Redis, stream: str, n: int) -> None:
     """XADD ``n`` packets in pipelines of ``BATCH``."""
-    payloads = [pb.Packet(session_id=f"s{i % 64}", seq_no=i, data=json.dumps({"i": i})).SerializeToString()
-                for i in range(n)]
+    payloads = [
+        pb.Packet(session_id=f"s{i % 64}", seq_no=i, data=json.dumps({"i": i})).SerializeToString() for i in range(n)
+    ]
     for start in range(0, n, BATCH):
         pipe = client.pipeline(transaction=False)
-        for payload in payloads[start:start + BATCH]:
+        for payload in payloads[start : start + BATCH]:
             pipe.xadd(stream, {"packet": payload})
         pipe.execute()
 
@@ -101,13 +102,24 @@ def run_raw(server: LocalRedis, n: int) -> float:
 
 def run_block(server: LocalRedis, n: int) -> float:
     client = server.client()
-    env = {**os.environ, "AIOS_BLOCK_ID": "blk", "AIOS_PORT": "0", "AIOS_HOST": "127.0.0.1",
-           "AIOS_METRICS_PORT": "0", "AIOS_REDIS_URL": server.url, "AIOS_REDIS_INGRESS_STREAM": "jobs",
-           "AIOS_REDIS_BATCH": str(BATCH), "AIOS_LOG_LEVEL": "INFO",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), env_path()])}
+    env = {
+        **os.environ,
+        "AIOS_BLOCK_ID": "blk",
+        "AIOS_PORT": "0",
+        "AIOS_HOST": "127.0.0.1",
+        "AIOS_METRICS_PORT": "0",
+        "AIOS_REDIS_URL": server.url,
+        "AIOS_REDIS_INGRESS_STREAM": "jobs",
+        "AIOS_REDIS_BATCH": str(BATCH),
+        "AIOS_LOG_LEVEL": "INFO",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), env_path()]),
+    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "aios_grpc", "serve", f"{Path(__file__).resolve()}:NoopBlock"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         assert proc.stdout is not None

@@ -156,8 +156,17 @@ def main() -> None:
     env.setdefault("AIOS_METRICS_PORT", "0")  # telemetry stays on, on a free port
     commands = {
         "raw": [sys.executable, __file__, "--raw-server"],
-        "block": [sys.executable, "-m", "aios_grpc", "serve", "bench/stream_throughput.py:TrivialBlock",
-                  "--host", "127.0.0.1", "--port", "0"],
+        "block": [
+            sys.executable,
+            "-m",
+            "aios_grpc",
+            "serve",
+            "bench/stream_throughput.py:TrivialBlock",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+        ],
     }
     procs: list[subprocess.Popen[str]] = []
     rates: dict[tuple[str, int], list[float]] = {}
@@ -183,15 +192,19 @@ def main() -> None:
     print(f"packets per run: {args.packets}, rounds: {args.rounds} (median), cpus: {os.cpu_count()}")
     # Throughput swings with whatever else runs on the machine; server CPU time per
     # packet does much less, so it is shown too (block/raw CPU: how much more work).
-    print(f"{'streams':>7} {'raw pkt/s':>10} {'block pkt/s':>12} {'block/raw':>9}"
-          f" {'raw cpu us/pkt':>15} {'block cpu us/pkt':>17} {'cpu block/raw':>13}")
+    print(
+        f"{'streams':>7} {'raw pkt/s':>10} {'block pkt/s':>12} {'block/raw':>9}"
+        f" {'raw cpu us/pkt':>15} {'block cpu us/pkt':>17} {'cpu block/raw':>13}"
+    )
     for streams in args.streams:
         raw = statistics.median(rates[("raw", streams)])
         block = statistics.median(rates[("block", streams)])
         raw_us = statistics.median(cpu[("raw", streams)])
         block_us = statistics.median(cpu[("block", streams)])
-        print(f"{streams:>7} {raw:>10.0f} {block:>12.0f} {block / raw:>9.2f}"
-              f" {raw_us:>15.0f} {block_us:>17.0f} {block_us / raw_us:>13.2f}")
+        print(
+            f"{streams:>7} {raw:>10.0f} {block:>12.0f} {block / raw:>9.2f}"
+            f" {raw_us:>15.0f} {block_us:>17.0f} {block_us / raw_us:>13.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -151,8 +151,7 @@ async def _serve(mode: str, report: str) -> None:
     from aios_grpc.settings import load_settings
     from aios_grpc.telemetry import Observability, Telemetry
 
-    settings = load_settings(host="127.0.0.1", port=0, metrics_port=0, tracing="off",
-                             tracing_stages=mode != "lite")
+    settings = load_settings(host="127.0.0.1", port=0, metrics_port=0, tracing="off", tracing_stages=mode != "lite")
     configure_logging("WARNING")
     exporter = _CountingExporter()
     provider = None
@@ -222,15 +221,19 @@ def main() -> None:
     sent = args.rounds * (sum((args.packets // s) * s for s in args.streams) + 500 * len(args.streams))
     print(f"packets per run: {args.packets}, rounds: {args.rounds} (median), cpus: {os.cpu_count()}")
     print("throughput (packets/s) and server CPU per packet (µs), by telemetry:")
-    print(f"{'streams':>7} {'none':>7} {'metrics':>7} {'traced':>7} {'lite':>7} {'metrics/none':>12} "
-          f"{'traced/metrics':>14} {'lite/metrics':>12} | cpu µs/pkt: "
-          f"{'none':>5} {'metrics':>7} {'traced':>6} {'lite':>5}")
+    print(
+        f"{'streams':>7} {'none':>7} {'metrics':>7} {'traced':>7} {'lite':>7} {'metrics/none':>12} "
+        f"{'traced/metrics':>14} {'lite/metrics':>12} | cpu µs/pkt: "
+        f"{'none':>5} {'metrics':>7} {'traced':>6} {'lite':>5}"
+    )
     for streams in args.streams:
         none, metrics, traced, lite = (statistics.median(rates[(m, streams)]) for m in modes)
         c = [statistics.median(cpus[(m, streams)]) for m in modes]
-        print(f"{streams:>7} {none:>7.0f} {metrics:>7.0f} {traced:>7.0f} {lite:>7.0f} {metrics / none:>12.2f} "
-              f"{traced / metrics:>14.2f} {lite / metrics:>12.2f} |             {c[0]:>5.0f} {c[1]:>7.0f} "
-              f"{c[2]:>6.0f} {c[3]:>5.0f}")
+        print(
+            f"{streams:>7} {none:>7.0f} {metrics:>7.0f} {traced:>7.0f} {lite:>7.0f} {metrics / none:>12.2f} "
+            f"{traced / metrics:>14.2f} {lite / metrics:>12.2f} |             {c[0]:>5.0f} {c[1]:>7.0f} "
+            f"{c[2]:>6.0f} {c[3]:>5.0f}"
+        )
     spans = report.read_text() if report.exists() else "no report"
     print(f"traced server: {spans} (packets sent to it: {sent})")
 

@@ -33,10 +33,7 @@ class SimpleBlock:
             input_data = preprocessed_entry.extra_data["input"]
             value = input_data.get("value", 0)
 
-            result = {
-                "value": value,
-                "passed": value > self.threshold
-            }
+            result = {"value": value, "passed": value > self.threshold}
 
             return True, OnDataResult(output=result)
         except Exception as e:

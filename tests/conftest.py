@@ -46,9 +46,7 @@ def grpcurl_path() -> str:
 
 def grpcurl(*args: str, data: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run grpcurl with ``args``; ``data`` goes to stdin (use ``-d @``)."""
-    proc = subprocess.run(
-        [grpcurl_path(), *args], input=data, capture_output=True, text=True, timeout=60
-    )
+    proc = subprocess.run([grpcurl_path(), *args], input=data, capture_output=True, text=True, timeout=60)
     if check and proc.returncode != 0:
         raise AssertionError(f"grpcurl {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
     return proc

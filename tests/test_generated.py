@@ -38,9 +38,5 @@ def test_buf_lint_is_clean():
 
 
 def test_only_one_module_of_aios_grpc_imports_the_stubs():
-    importers = [
-        str(p.relative_to(ROOT))
-        for p in (ROOT / "aios_grpc").rglob("*.py")
-        if "block_pb2" in p.read_text()
-    ]
+    importers = [str(p.relative_to(ROOT)) for p in (ROOT / "aios_grpc").rglob("*.py") if "block_pb2" in p.read_text()]
     assert importers == ["aios_grpc/_pb.py"]

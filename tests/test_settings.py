@@ -128,8 +128,11 @@ def _settings_classes() -> list[type]:
     for info in pkgutil.walk_packages(aios_grpc.__path__, "aios_grpc."):
         if info.name.rsplit(".", 1)[-1] == "settings":
             module = importlib.import_module(info.name)
-            found += [v for v in vars(module).values()
-                      if isinstance(v, type) and issubclass(v, BaseSettings) and v is not BaseSettings]
+            found += [
+                v
+                for v in vars(module).values()
+                if isinstance(v, type) and issubclass(v, BaseSettings) and v is not BaseSettings
+            ]
     return found
 
 

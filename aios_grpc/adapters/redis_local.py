@@ -56,8 +56,23 @@ class LocalRedis:
 
     def start(self, timeout_s: float = 10.0) -> LocalRedis:
         """Start the server and wait until it answers PING."""
-        args = [valkey_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-                "--save", "", "--daemonize", "no", "--protected-mode", "no", "--loglevel", "warning"]
+        args = [
+            valkey_binary(),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.dir),
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "no",
+            "--loglevel",
+            "warning",
+        ]
         if self.persistent:
             args += ["--appendonly", "yes", "--appendfsync", "always"]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -72,7 +72,10 @@ class RedisRuntime:
         s = self.settings
         if s.redis_broadcast_parameters or s.redis_parameter_updates:
             self.broadcast = ParameterBroadcast(
-                s.redis_url, s.block_id, s.instance_id, prefix=s.redis_key_prefix,
+                s.redis_url,
+                s.block_id,
+                s.instance_id,
+                prefix=s.redis_key_prefix,
                 updates_list=s.redis_parameter_updates,
             )
 
@@ -84,21 +87,37 @@ class RedisRuntime:
             if s.redis_broadcast_parameters:
                 control.broadcast = self.broadcast.publish
         if s.redis_ingress_stream:
-            self.ingresses.append(StreamIngress(
-                self.client, scheduler, stream=s.redis_ingress_stream, group=s.block_id,
-                consumer=s.instance_id, batch=s.redis_batch, block_ms=s.redis_block_ms,
-                claim_idle_s=s.redis_claim_idle_s, max_deliveries=s.redis_max_deliveries,
-                dead_letter=s.redis_dead_letter_stream, results_stream=s.redis_results_stream,
-                # Two batches: one being processed, the next read ahead. More would hoard
-                # entries that idle instances of the block could be working on.
-                max_in_flight=min(s.max_queued, 2 * s.redis_batch),
-            ))
+            self.ingresses.append(
+                StreamIngress(
+                    self.client,
+                    scheduler,
+                    stream=s.redis_ingress_stream,
+                    group=s.block_id,
+                    consumer=s.instance_id,
+                    batch=s.redis_batch,
+                    block_ms=s.redis_block_ms,
+                    claim_idle_s=s.redis_claim_idle_s,
+                    max_deliveries=s.redis_max_deliveries,
+                    dead_letter=s.redis_dead_letter_stream,
+                    results_stream=s.redis_results_stream,
+                    # Two batches: one being processed, the next read ahead. More would hoard
+                    # entries that idle instances of the block could be working on.
+                    max_in_flight=min(s.max_queued, 2 * s.redis_batch),
+                )
+            )
         if s.redis_ingress_list:
-            self.ingresses.append(ListIngress(
-                self.client, scheduler, queue=s.redis_ingress_list, consumer=s.instance_id,
-                dead_letter=s.redis_dead_letter_stream, block_s=s.redis_block_ms / 1000,
-                heartbeat_s=s.redis_claim_idle_s, max_in_flight=min(s.max_queued, 2 * s.redis_batch),
-            ))
+            self.ingresses.append(
+                ListIngress(
+                    self.client,
+                    scheduler,
+                    queue=s.redis_ingress_list,
+                    consumer=s.instance_id,
+                    dead_letter=s.redis_dead_letter_stream,
+                    block_s=s.redis_block_ms / 1000,
+                    heartbeat_s=s.redis_claim_idle_s,
+                    max_in_flight=min(s.max_queued, 2 * s.redis_batch),
+                )
+            )
         for ingress in self.ingresses:
             await ingress.start()
             log.info("reading %s", getattr(ingress, "stream", getattr(ingress, "queue", "?")))

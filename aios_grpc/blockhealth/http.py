@@ -39,7 +39,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not path.startswith(PATH) or len(path) == len(PATH):
             self._send(404, {"success": False, "error": f"no such path {path!r}; use {PATH}<block_id>"})
             return
-        block_id = urllib.parse.unquote(path[len(PATH):])
+        block_id = urllib.parse.unquote(path[len(PATH) :])
         try:
             answer = self.server.aggregator.block_health(block_id)
         except (redis.RedisError, OSError) as exc:

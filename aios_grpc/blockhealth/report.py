@@ -59,18 +59,20 @@ class InstanceReport:
 
     def to_json(self) -> str:
         """The heartbeat as published."""
-        return json.dumps({
-            "instanceId": self.instance_id,
-            "blockId": self.block_id,
-            "ts": self.heartbeat_at,
-            "healthy": self.healthy,
-            "reason": self.reason,
-            "startedAt": self.started_at,
-            "lastPacketAt": self.last_packet_at,
-            "load": self.load,
-            "packets": self.packets,
-            "history": [list(h) for h in self.history],
-        })
+        return json.dumps(
+            {
+                "instanceId": self.instance_id,
+                "blockId": self.block_id,
+                "ts": self.heartbeat_at,
+                "healthy": self.healthy,
+                "reason": self.reason,
+                "startedAt": self.started_at,
+                "lastPacketAt": self.last_packet_at,
+                "load": self.load,
+                "packets": self.packets,
+                "history": [list(h) for h in self.history],
+            }
+        )
 
     @classmethod
     def from_json(cls, text: str | bytes, block_id: str, instance_id: str, indexed_at: float) -> InstanceReport:

@@ -146,7 +146,11 @@ class ListIngress:
                 return
             try:
                 item = await self.client.blmove(
-                    self.queue, self.processing, self.block_s, "RIGHT", "LEFT"  # type: ignore[arg-type]
+                    self.queue,
+                    self.processing,
+                    self.block_s,  # type: ignore[arg-type]  # redis-py's stub says int; Redis takes seconds as a float
+                    "RIGHT",
+                    "LEFT",
                 )
                 failures = 0
             except TRANSIENT as exc:
@@ -206,9 +210,17 @@ class ListIngress:
                 pipe.lpush(self.queue, raw)
             else:
                 message = getattr(result.error, "message", str(result.error))
-                pipe.lpush(self.dead_letter, json.dumps({
-                    "packet_hex": raw.hex(), "code": code.name, "error": message, "queue": self.queue,
-                }))
+                pipe.lpush(
+                    self.dead_letter,
+                    json.dumps(
+                        {
+                            "packet_hex": raw.hex(),
+                            "code": code.name,
+                            "error": message,
+                            "queue": self.queue,
+                        }
+                    ),
+                )
         await pipe.execute()
 
     async def _watch(self) -> None:
@@ -229,7 +241,7 @@ class ListIngress:
         prefix = f"{self.queue}:processing:"
         names: list[Any] = [n async for n in self.client.scan_iter(match=prefix + "*", count=200)]
         for name in names:
-            consumer = name.decode()[len(prefix):]
+            consumer = name.decode()[len(prefix) :]
             if consumer == self.consumer:
                 continue
             if not await self.client.exists(f"{self.queue}:alive:{consumer}"):

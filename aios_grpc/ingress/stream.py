@@ -173,7 +173,10 @@ class StreamIngress:
                 return
             try:
                 reply = await self.client.xreadgroup(
-                    self.group, self.consumer, {self.stream: cursor}, count=n,
+                    self.group,
+                    self.consumer,
+                    {self.stream: cursor},
+                    count=n,
                     block=None if cursor != b">" else self.block_ms,
                 )
                 failures = 0
@@ -323,7 +326,11 @@ class StreamIngress:
         if not live:
             return next_cursor
         counts = await self.client.xpending_range(
-            self.stream, self.group, live[0][0], live[-1][0], len(live) + self.in_flight + 100,
+            self.stream,
+            self.group,
+            live[0][0],
+            live[-1][0],
+            len(live) + self.in_flight + 100,
             consumername=self.consumer,
         )
         delivered = {p["message_id"]: int(p["times_delivered"]) for p in counts}
@@ -337,7 +344,8 @@ class StreamIngress:
                 payload = fields.get(FIELD, b"")
                 error = PacketError(
                     f"delivered {delivered[entry_id]} times (AIOS_REDIS_MAX_DELIVERIES={self.max_deliveries})",
-                    stage="queue", retryable=False,
+                    stage="queue",
+                    retryable=False,
                 )
                 self._done.put_nowait(_Done(entry_id, payload, Result(Kind.ERROR, error=error)))
                 continue

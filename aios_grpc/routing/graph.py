@@ -125,14 +125,15 @@ class GraphRouter(Router):
             raise Unavailable(str(exc), stage="route") from None
         except TimeoutError:
             raise Unavailable(
-                f"target {target.describe()} did not answer within "
-                f"{self.retry_timeout_s + self.answer_timeout_s:g}s", stage="route"
+                f"target {target.describe()} did not answer within {self.retry_timeout_s + self.answer_timeout_s:g}s",
+                stage="route",
             ) from None
         if result.kind == 2:
             code = code_from_number(result.error.code)
             raise DownstreamError(
                 f"target {target.describe()} answered {code.name}: {result.error.message}",
-                code, result.error.retryable,
+                code,
+                result.error.retryable,
             )
         return packet_from_proto(result.output) if result.HasField("output") else None
 

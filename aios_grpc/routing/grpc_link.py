@@ -138,8 +138,13 @@ class GrpcLink:
             if self._backlog:
                 earliest = min(s.deadline for s in self._backlog)
                 delay = min(self.backoff.delay(failures), max(0.0, earliest - loop.time()))
-                log.info("link %s: stream ended (%s); %d packets wait, retry in %.2fs",
-                         self.address, last_error, len(self._backlog), delay)
+                log.info(
+                    "link %s: stream ended (%s); %d packets wait, retry in %.2fs",
+                    self.address,
+                    last_error,
+                    len(self._backlog),
+                    delay,
+                )
                 await asyncio.sleep(delay)
 
     _last_error = ""
@@ -224,8 +229,9 @@ class GrpcLink:
                     continue
                 queue = waiting.get((result.session_id, result.seq_no))
                 if not queue:
-                    log.warning("link %s: answer for unknown packet %s/%s",
-                                self.address, result.session_id, result.seq_no)
+                    log.warning(
+                        "link %s: answer for unknown packet %s/%s", self.address, result.session_id, result.seq_no
+                    )
                     continue
                 item = queue.popleft()
                 if not queue:
@@ -256,10 +262,12 @@ class GrpcLink:
             if item.future.done():
                 continue
             if now >= item.deadline:
-                item.future.set_exception(LinkUnavailable(
-                    f"target {self.address} unreachable for {self.retry_timeout_s:g}s "
-                    f"({failures} attempts): {last_error}"
-                ))
+                item.future.set_exception(
+                    LinkUnavailable(
+                        f"target {self.address} unreachable for {self.retry_timeout_s:g}s "
+                        f"({failures} attempts): {last_error}"
+                    )
+                )
             else:
                 keep.append(item)
         self._backlog = keep

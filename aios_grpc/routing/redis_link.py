@@ -51,8 +51,7 @@ class RedisLink:
                 left = deadline - loop.time()
                 if left <= 0:
                     raise LinkUnavailable(
-                        f"Redis {self.address} unreachable for {self.retry_timeout_s:g}s "
-                        f"({failures} attempts): {exc}"
+                        f"Redis {self.address} unreachable for {self.retry_timeout_s:g}s ({failures} attempts): {exc}"
                     ) from None
                 await asyncio.sleep(min(self.backoff.delay(failures), left))
 

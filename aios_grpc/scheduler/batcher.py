@@ -62,9 +62,7 @@ class BatchStage:
 
     # -- settings --------------------------------------------------------------------
 
-    def configure(
-        self, n: Any = None, t: Any = None, max_concurrent_batches: Any = None
-    ) -> dict[str, Any]:
+    def configure(self, n: Any = None, t: Any = None, max_concurrent_batches: Any = None) -> dict[str, Any]:
         """Change the batch settings at run time; returns them (see ``info``)."""
         new_n, new_t, new_c = self.n, self.t, self.max_concurrent
         if n is not None:
@@ -209,8 +207,7 @@ class BatchStage:
             except PacketError as exc:
                 entries.append(exc)
             except Exception as exc:
-                entries.append(BlockCodeError(
-                    f"on_preprocess raised {type(exc).__name__}: {exc}", stage="preprocess"))
+                entries.append(BlockCodeError(f"on_preprocess raised {type(exc).__name__}: {exc}", stage="preprocess"))
         on_batch = block.methods["on_batch"]
         rets: list[Any] = []
         for chunk in self._chunks(entries):

@@ -114,8 +114,11 @@ class Scheduler:
             return self.mux_stage.info()
         if self.muxer is None:
             return {"n": 0}
-        return {"n": self.muxer.N, "timeout_s": self.muxer.timeout_s or self.settings.mux_timeout_s,
-                "max_open_groups": self.muxer.max_open_groups or self.settings.mux_max_open_groups}
+        return {
+            "n": self.muxer.N,
+            "timeout_s": self.muxer.timeout_s or self.settings.mux_timeout_s,
+            "max_open_groups": self.muxer.max_open_groups or self.settings.mux_max_open_groups,
+        }
 
     def batcher_info(self) -> dict[str, Any]:
         """Batcher settings as GetInfo reports them."""
@@ -123,8 +126,12 @@ class Scheduler:
             return self.batch_stage.info()
         if self.batcher is None:
             return {"kind": "none"}
-        return {"kind": self.batcher.kind, "n": self.batcher.N, "t": self.batcher.T,
-                "max_concurrent_batches": self.settings.max_concurrent_batches}
+        return {
+            "kind": self.batcher.kind,
+            "n": self.batcher.N,
+            "t": self.batcher.T,
+            "max_concurrent_batches": self.settings.max_concurrent_batches,
+        }
 
     async def configure_batching(self, data: dict[str, Any]) -> dict[str, Any]:
         """The ``aios.batcher`` management action: change n, t, max_concurrent_batches at run time.
@@ -136,9 +143,7 @@ class Scheduler:
             raise ParametersRejected("aios.batcher: this block has no batcher (get_batcher() returned None)")
         unknown = set(data) - {"n", "t", "max_concurrent_batches"}
         if unknown:
-            raise ParametersRejected(
-                f"aios.batcher takes n, t and max_concurrent_batches; unknown: {sorted(unknown)}"
-            )
+            raise ParametersRejected(f"aios.batcher takes n, t and max_concurrent_batches; unknown: {sorted(unknown)}")
         try:
             info = self.batch_stage.configure(**data) if data else self.batch_stage.info()
         except ConfigurationError as exc:
@@ -170,8 +175,7 @@ class Scheduler:
             self._tasks = [asyncio.create_task(self.batch_stage.run(self._queue), name="aios-batcher")]
         else:
             self._tasks = [
-                asyncio.create_task(self._worker(), name=f"aios-worker-{i}")
-                for i in range(self.settings.workers)
+                asyncio.create_task(self._worker(), name=f"aios-worker-{i}") for i in range(self.settings.workers)
             ]
         self.watchdog.start()
 
@@ -247,10 +251,16 @@ class Scheduler:
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
-            self.answer(job, Result(Kind.ERROR, error=ResourceExhausted(
-                f"scheduler queue is full ({self.settings.max_queued} packets, AIOS_MAX_QUEUED)",
-                stage="queue",
-            )))
+            self.answer(
+                job,
+                Result(
+                    Kind.ERROR,
+                    error=ResourceExhausted(
+                        f"scheduler queue is full ({self.settings.max_queued} packets, AIOS_MAX_QUEUED)",
+                        stage="queue",
+                    ),
+                ),
+            )
 
     def _admit(self, job: Job) -> bool:
         self.in_flight += 1

@@ -70,17 +70,25 @@ class MuxStage:
             data = packet.json()
         except ValueError as exc:
             # A member that cannot be merged fails alone; the group keeps waiting for a good one.
-            self._answer(job, Result(Kind.ERROR, error=InvalidPacket(
-                f"packet data is not valid JSON: {exc}", stage="mux")))
+            self._answer(
+                job, Result(Kind.ERROR, error=InvalidPacket(f"packet data is not valid JSON: {exc}", stage="mux"))
+            )
             return None
         key = (packet.session_id, packet.seq_no)
         group = self._groups.get(key)
         if group is None:
             if len(self._groups) >= self.max_open_groups:
-                self._answer(job, Result(Kind.ERROR, error=ResourceExhausted(
-                    f"muxer has {len(self._groups)} open groups, the most allowed "
-                    "(Muxer max_open_groups / AIOS_MUX_MAX_OPEN_GROUPS); retry later",
-                    stage="mux")))
+                self._answer(
+                    job,
+                    Result(
+                        Kind.ERROR,
+                        error=ResourceExhausted(
+                            f"muxer has {len(self._groups)} open groups, the most allowed "
+                            "(Muxer max_open_groups / AIOS_MUX_MAX_OPEN_GROUPS); retry later",
+                            stage="mux",
+                        ),
+                    ),
+                )
                 return None
             group = self._groups[key] = _Group(key)
             group.timer = asyncio.get_running_loop().call_later(self.timeout_s, self._expire, key)
@@ -171,4 +179,3 @@ class _FanOut:
             for member in self.members[:-1]:
                 member.reply(others)
         completer.reply(result)
-

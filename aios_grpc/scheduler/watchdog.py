@@ -124,5 +124,9 @@ class LoopWatchdog:
             "event loop blocked for %.2fs or more at %s:%d in %s(): a blocking call inside async def? "
             "Make the method a plain def (it then runs in the worker threads) or wrap the call in "
             "`await asyncio.to_thread(...)`. Stack:\n%s",
-            stalled, key[0], key[1], site.f_code.co_name, stack,
+            stalled,
+            key[0],
+            key[1],
+            site.f_code.co_name,
+            stack,
         )

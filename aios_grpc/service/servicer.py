@@ -292,9 +292,14 @@ class _Stream:
                     messages = [request.packet]
                 else:
                     await self.window.acquire()
-                    self.replies.slot("", 0)(Result(Kind.ERROR, error=InvalidPacket(
-                        "ProcessRequest carries no packet: set `packet` or `packets`", stage="decode"
-                    )))
+                    self.replies.slot("", 0)(
+                        Result(
+                            Kind.ERROR,
+                            error=InvalidPacket(
+                                "ProcessRequest carries no packet: set `packet` or `packets`", stage="decode"
+                            ),
+                        )
+                    )
                     continue
                 for i, msg in enumerate(messages):
                     if not self.window.try_acquire():
@@ -315,8 +320,13 @@ class _Stream:
                         await scheduler.submit(job)
                     except asyncio.CancelledError:
                         # Stopped while the queue was full: the packet was taken, so answer it.
-                        scheduler.answer(job, Result(Kind.ERROR, error=Unavailable(
-                            "block is draining; retry on another instance", stage="queue")))
+                        scheduler.answer(
+                            job,
+                            Result(
+                                Kind.ERROR,
+                                error=Unavailable("block is draining; retry on another instance", stage="queue"),
+                            ),
+                        )
                         self._refuse(messages[i + 1 :])
                         raise
         except asyncio.CancelledError:
@@ -330,8 +340,9 @@ class _Stream:
     def _refuse(self, messages: list[pb.Packet]) -> None:
         """Answer packets read but never handed to the scheduler (the stream stopped)."""
         for msg in messages:
-            self.replies.slot(msg.session_id, msg.seq_no)(Result(Kind.ERROR, error=Unavailable(
-                "block is draining; retry on another instance", stage="queue")))
+            self.replies.slot(msg.session_id, msg.seq_no)(
+                Result(Kind.ERROR, error=Unavailable("block is draining; retry on another instance", stage="queue"))
+            )
 
     def stop_reading(self) -> None:
         """Read no more packets (drain); the stream ends once every read packet is answered."""

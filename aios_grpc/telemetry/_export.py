@@ -97,10 +97,14 @@ def tracing_wanted(mode: str) -> bool:
 
 def _otlp_protocol(signal: str) -> str:
     return (
-        os.environ.get(f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL")
-        or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-        or "grpc"
-    ).strip().lower()
+        (
+            os.environ.get(f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL")
+            or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+            or "grpc"
+        )
+        .strip()
+        .lower()
+    )
 
 
 def otlp_metric_exporter() -> Any:
@@ -133,8 +137,7 @@ def tracer_provider_from_env(resource: Resource) -> TracerProvider:
                     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
             except ImportError as exc:
                 raise ConfigurationError(
-                    f"tracing exports over OTLP but the exporter is missing ({exc}): "
-                    "pip install 'aios-grpc[otlp]'"
+                    f"tracing exports over OTLP but the exporter is missing ({exc}): pip install 'aios-grpc[otlp]'"
                 ) from None
             provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
         elif name != "none":

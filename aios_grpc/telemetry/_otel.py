@@ -89,9 +89,7 @@ class Observability(Telemetry):
         self.server: Any = None
         self.stats = Stats()
         self._define_metrics()
-        readers, self.endpoint = build_readers(
-            self.stats, self.resource, settings.metrics_port, settings.host
-        )
+        readers, self.endpoint = build_readers(self.stats, self.resource, settings.metrics_port, settings.host)
         readers.extend(metric_readers or [])
         self.metric_readers = readers
         self.meter_provider = MeterProvider(
@@ -119,14 +117,19 @@ class Observability(Telemetry):
             "aios_packets_answered", "Packets that got their terminal answer, by gRPC status code", "", ["code"]
         )
         self.failed = s.counter(
-            "aios_packets_failed", "Packets answered with an error, by failing stage and status code", "",
+            "aios_packets_failed",
+            "Packets answered with an error, by failing stage and status code",
+            "",
             ["stage", "code"],
         )
         self.stage_seconds = s.histogram(
             "aios_stage_duration_seconds", "Time a packet spent in one stage", "s", ["stage"], LATENCY_BOUNDS
         )
         self.packet_seconds = s.histogram(
-            "aios_packet_duration_seconds", "Time from a packet's arrival to its terminal answer", "s", [],
+            "aios_packet_duration_seconds",
+            "Time from a packet's arrival to its terminal answer",
+            "s",
+            [],
             LATENCY_BOUNDS,
         )
         self.batch_size = s.histogram("aios_batch_size", "Entries per on_batch call", "", [], BATCH_BOUNDS)

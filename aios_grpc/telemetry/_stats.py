@@ -53,10 +53,7 @@ class Counter:
         """The OpenTelemetry ``Sum`` of every series."""
         with self._lock:
             items = list(self.values.items())
-        points = [
-            NumberDataPoint(dict(zip(self.labelnames, k, strict=True)), start_ns, now_ns, v)
-            for k, v in items
-        ]
+        points = [NumberDataPoint(dict(zip(self.labelnames, k, strict=True)), start_ns, now_ns, v) for k, v in items]
         data = Sum(points, AggregationTemporality.CUMULATIVE, is_monotonic=True)
         return Metric(self.name, self.description, self.unit, data)
 

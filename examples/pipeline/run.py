@@ -31,10 +31,22 @@ HERE = Path(__file__).resolve().parent
 
 def start_block(name: str, cls: str) -> tuple[subprocess.Popen[str], str]:
     """Start ``aios-grpc serve`` for one block on a free port; returns (process, address)."""
-    env = {**os.environ, "AIOS_BLOCK_ID": name, "AIOS_PORT": "0", "AIOS_HOST": "127.0.0.1",
-           "AIOS_METRICS_PORT": "0", "AIOS_ROUTE_ALLOW": json.dumps(["127.0.0.1:*"]), "AIOS_WORKERS": "2"}
-    proc = subprocess.Popen([sys.executable, "-m", "aios_grpc", "serve", f"{HERE / 'blocks.py'}:{cls}"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {
+        **os.environ,
+        "AIOS_BLOCK_ID": name,
+        "AIOS_PORT": "0",
+        "AIOS_HOST": "127.0.0.1",
+        "AIOS_METRICS_PORT": "0",
+        "AIOS_ROUTE_ALLOW": json.dumps(["127.0.0.1:*"]),
+        "AIOS_WORKERS": "2",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aios_grpc", "serve", f"{HERE / 'blocks.py'}:{cls}"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     assert proc.stdout is not None
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -65,16 +77,31 @@ def main() -> None:
                 proc, addr[name] = start_block(name, cls)
                 procs.append(proc)
                 BlockClient(addr[name]).wait_until_serving(30)
-            graph = json.dumps({"is_graph": True, "graph": {
-                "a": {"outputs": [target(addr["b"], "b"), target(addr["c"], "c")]},
-                "b": {"outputs": [target(addr["d"], "d")]},
-                "c": {"outputs": [target(addr["d"], "d")]},
-                "d": "final",
-                "final": {"outputs": [{"host": "127.0.0.1", "port": redis_server.port,
-                                       "queue_name": "final", "transport": "redis-stream"}]},
-            }})
-            packets = [make_packet({"n": i}, session_id=f"session-{i}", seq_no=1, output_ptr=graph)
-                       for i in range(args.sessions)]
+            graph = json.dumps(
+                {
+                    "is_graph": True,
+                    "graph": {
+                        "a": {"outputs": [target(addr["b"], "b"), target(addr["c"], "c")]},
+                        "b": {"outputs": [target(addr["d"], "d")]},
+                        "c": {"outputs": [target(addr["d"], "d")]},
+                        "d": "final",
+                        "final": {
+                            "outputs": [
+                                {
+                                    "host": "127.0.0.1",
+                                    "port": redis_server.port,
+                                    "queue_name": "final",
+                                    "transport": "redis-stream",
+                                }
+                            ]
+                        },
+                    },
+                }
+            )
+            packets = [
+                make_packet({"n": i}, session_id=f"session-{i}", seq_no=1, output_ptr=graph)
+                for i in range(args.sessions)
+            ]
             start = time.perf_counter()
             with BlockClient(addr["a"]) as client:
                 results = [r for r in client.process(packets, timeout=300) if r.terminal]
@@ -86,8 +113,10 @@ def main() -> None:
             print("graph          a -> (b, c) -> d [Muxer(2)] -> redis stream 'final'")
             print(f"sessions sent  {len(packets)}")
             print(f"answered ok    {sum(r.ok for r in results)} (errors: {sum(not r.ok for r in results)})")
-            print(f"final outputs  {len(outputs)} entries, {len(seen)} distinct sessions, "
-                  f"{sum(c - 1 for c in seen.values())} duplicates")
+            print(
+                f"final outputs  {len(outputs)} entries, {len(seen)} distinct sessions, "
+                f"{sum(c - 1 for c in seen.values())} duplicates"
+            )
             print(f"elapsed        {elapsed:.2f}s ({len(packets) / elapsed:.0f} sessions/s through 4 blocks)")
             print(f"sample output  {sample}")
         finally:

@@ -43,8 +43,9 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def put(client: redis.Redis, block_id: str, instance_id: str, age: float = 1.0, *,
-        report: bool = True, **fields: Any) -> None:
+def put(
+    client: redis.Redis, block_id: str, instance_id: str, age: float = 1.0, *, report: bool = True, **fields: Any
+) -> None:
     """Write a heartbeat as an instance would (``report=False``: the index entry only)."""
     at = time.time() - age
     client.sadd(blocks_key(PREFIX), block_id)
@@ -72,8 +73,12 @@ def health_http(redis_server: Any) -> Iterator[Callable[..., BlockHealthServer]]
 
 
 def test_live_instances_publish_and_the_block_is_healthy(serve: Any, redis_server: Any, health_http: Any) -> None:
-    settings = {"redis_url": redis_server.url, "block_id": "live", "heartbeat_interval_s": 0.1,
-                "health_interval_s": 0.1}
+    settings = {
+        "redis_url": redis_server.url,
+        "block_id": "live",
+        "heartbeat_interval_s": 0.1,
+        "health_interval_s": 0.1,
+    }
     first = serve(SwitchableHealth, instance_id="i-1", **settings)
     serve(SwitchableHealth, instance_id="i-2", **settings)
     http = health_http()
@@ -106,8 +111,12 @@ def test_live_instances_publish_and_the_block_is_healthy(serve: Any, redis_serve
     with BlockClient(first.address) as client:
         assert all(r.ok for r in client.process([{"x": i} for i in range(3)], timeout=10) if r.terminal)
     raw = redis_server.client().get(report_key(PREFIX, "live", "i-1"))
-    wait_for(lambda: json.loads(redis_server.client().get(report_key(PREFIX, "live", "i-1")))["packets"]
-             .get("answered") == 3, what="answered=3 in the heartbeat")
+    wait_for(
+        lambda: (
+            json.loads(redis_server.client().get(report_key(PREFIX, "live", "i-1")))["packets"].get("answered") == 3
+        ),
+        what="answered=3 in the heartbeat",
+    )
     assert raw is not None
 
     # A stopped instance removes itself; the other carries on.
@@ -144,8 +153,7 @@ def test_fresh_stale_missing_and_unhealthy_instances(redis_server: Any, health_h
     assert body["healthy"] is False and "limit 30s" in by_id["b"]["reason"] and by_id["a"]["healthy"]
 
 
-def test_unknown_block_is_404_and_a_block_with_no_instances_is_unhealthy(redis_server: Any,
-                                                                         health_http: Any) -> None:
+def test_unknown_block_is_404_and_a_block_with_no_instances_is_unhealthy(redis_server: Any, health_http: Any) -> None:
     http = health_http()
     status, body = get(http.port, "/block/health/nobody")
     assert status == 404 and body["success"] is False and "unknown block 'nobody'" in body["error"]
@@ -167,25 +175,38 @@ def test_instances_gone_past_the_retention_are_dropped(redis_server: Any, health
 
 def test_custom_policies_by_import_path(redis_server: Any, health_http: Any) -> None:
     client = redis_server.client()
-    put(client, "custom", "a", 1, history=[(time.time() - 30, 0.0, 0.0), (time.time(), 100.0, 50.0)],
-        started_at=time.time() - 3600)
-    http = health_http(block_health_policies=[
-        {"class": "tests.blockhealth.policies:NeedsInstances", "count": 2},
-        "tests.blockhealth.policies:PairPolicy",
-        {"class": "aios_grpc.blockhealth.policies:ErrorRatePolicy", "max_rate": 0.2, "window_s": 60},
-        "tests.blockhealth.policies:Broken",
-    ])
+    put(
+        client,
+        "custom",
+        "a",
+        1,
+        history=[(time.time() - 30, 0.0, 0.0), (time.time(), 100.0, 50.0)],
+        started_at=time.time() - 3600,
+    )
+    http = health_http(
+        block_health_policies=[
+            {"class": "tests.blockhealth.policies:NeedsInstances", "count": 2},
+            "tests.blockhealth.policies:PairPolicy",
+            {"class": "aios_grpc.blockhealth.policies:ErrorRatePolicy", "max_rate": 0.2, "window_s": 60},
+            "tests.blockhealth.policies:Broken",
+        ]
+    )
     assert isinstance(http.aggregator.policies[1], NeedsInstances)
     body = get(http.port, "/block/health/custom")[1]
     assert body["healthy"] is False
     verdicts = {p["name"]: p for p in body["policies"]}
     assert verdicts["DefaultPolicy"]["healthy"] is True
-    assert verdicts["NeedsInstances"] == {"name": "NeedsInstances", "healthy": False,
-                                          "reason": "1 live instances, 2 needed"}
+    assert verdicts["NeedsInstances"] == {
+        "name": "NeedsInstances",
+        "healthy": False,
+        "reason": "1 live instances, 2 needed",
+    }
     assert verdicts["PairPolicy"]["healthy"] is True
     assert verdicts["ErrorRatePolicy"]["healthy"] is False
     assert verdicts["Broken"] == {
-        "name": "Broken", "healthy": False, "reason": "policy raised RuntimeError: policy bug"
+        "name": "Broken",
+        "healthy": False,
+        "reason": "policy raised RuntimeError: policy bug",
     }
     [inst] = body["instances"]
     assert inst["healthy"] is False and inst["reason"].startswith("error rate 50% (50 of 100 packets)")
@@ -201,9 +222,22 @@ def test_redis_down_is_503(redis_server: Any, health_http: Any) -> None:
 def test_cli_block_health_server(redis_server: Any) -> None:
     put(redis_server.client(), "cli", "a", 1)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "aios_grpc", "block-health-server", "--port", "0", "--redis", redis_server.url,
-         "--policy", '{"class": "tests.blockhealth.policies:NeedsInstances", "count": 1}'],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "aios_grpc",
+            "block-health-server",
+            "--port",
+            "0",
+            "--redis",
+            redis_server.url,
+            "--policy",
+            '{"class": "tests.blockhealth.policies:NeedsInstances", "count": 1}',
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         assert proc.stdout is not None
@@ -223,9 +257,22 @@ def test_cli_block_health_server(redis_server: Any) -> None:
 
 def test_cli_refuses_a_policy_that_does_not_load(redis_server: Any) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "aios_grpc", "block-health-server", "--port", "0", "--redis", redis_server.url,
-         "--policy", "tests.blockhealth.policies:Missing"],
-        cwd=ROOT, capture_output=True, text=True, timeout=30,
+        [
+            sys.executable,
+            "-m",
+            "aios_grpc",
+            "block-health-server",
+            "--port",
+            "0",
+            "--redis",
+            redis_server.url,
+            "--policy",
+            "tests.blockhealth.policies:Missing",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert proc.returncode == 2
     assert "health policy 'tests.blockhealth.policies:Missing'" in proc.stderr

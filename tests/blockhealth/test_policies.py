@@ -29,8 +29,12 @@ def test_default_policy() -> None:
     assert not empty.healthy and empty.reason == "no instances"
     verdict = policy.check(
         "b",
-        [report("fresh"), report("stale", 75), report("sick", healthy=False, reason="GPU lost"),
-         report("gone", 5, present=False)],
+        [
+            report("fresh"),
+            report("stale", 75),
+            report("sick", healthy=False, reason="GPU lost"),
+            report("gone", 5, present=False),
+        ],
         NOW,
     )
     assert not verdict.healthy

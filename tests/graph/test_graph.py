@@ -37,17 +37,32 @@ def wait_for(predicate: Any, timeout_s: float, what: str) -> None:
 
 def test_four_block_graph_fan_out_and_mux_delivers_every_session_once(spawn, redis_server) -> None:
     env = {"AIOS_ROUTE_ALLOW": ALLOW, "AIOS_WORKERS": "2"}
-    procs = {name: spawn(f"tests.blocks.graph:{cls}", env={**env, "AIOS_BLOCK_ID": name})
-             for name, cls in [("a", "StageBlock"), ("b", "StageBlock"), ("c", "StageBlock"), ("d", "JoinBlock")]}
+    procs = {
+        name: spawn(f"tests.blocks.graph:{cls}", env={**env, "AIOS_BLOCK_ID": name})
+        for name, cls in [("a", "StageBlock"), ("b", "StageBlock"), ("c", "StageBlock"), ("d", "JoinBlock")]
+    }
     addr = {name: p.address for name, p in procs.items()}
-    graph = json.dumps({"is_graph": True, "graph": {
-        "a": {"outputs": [target(addr["b"], "b"), target(addr["c"], "c")]},
-        "b": {"outputs": [target(addr["d"], "d")]},
-        "c": {"outputs": [target(addr["d"], "d")]},
-        "d": "final",
-        "final": {"outputs": [{"host": "127.0.0.1", "port": redis_server.port, "queue_name": "final",
-                               "transport": "redis-stream"}]},
-    }})
+    graph = json.dumps(
+        {
+            "is_graph": True,
+            "graph": {
+                "a": {"outputs": [target(addr["b"], "b"), target(addr["c"], "c")]},
+                "b": {"outputs": [target(addr["d"], "d")]},
+                "c": {"outputs": [target(addr["d"], "d")]},
+                "d": "final",
+                "final": {
+                    "outputs": [
+                        {
+                            "host": "127.0.0.1",
+                            "port": redis_server.port,
+                            "queue_name": "final",
+                            "transport": "redis-stream",
+                        }
+                    ]
+                },
+            },
+        }
+    )
     n = 1000
     packets = [make_packet({"i": i}, session_id=f"s{i}", seq_no=1, output_ptr=graph) for i in range(n)]
     with BlockClient(addr["a"]) as client:
@@ -68,17 +83,34 @@ def test_chain_loses_nothing_when_the_middle_block_restarts(spawn, serve, redis_
     env = {"AIOS_ROUTE_ALLOW": ALLOW, "AIOS_WORKERS": "2", "AIOS_ROUTE_RETRY_TIMEOUT_S": "30"}
     c = spawn("tests.blocks.graph:StageBlock", env={**env, "AIOS_BLOCK_ID": "c"})
     b_port = free_port()
-    b_env = {**env, "AIOS_BLOCK_ID": "b", "AIOS_PORT": str(b_port),
-             "AIOS_BLOCK_INIT_PARAMETERS": json.dumps({"sleep": 0.005})}
+    b_env = {
+        **env,
+        "AIOS_BLOCK_ID": "b",
+        "AIOS_PORT": str(b_port),
+        "AIOS_BLOCK_INIT_PARAMETERS": json.dumps({"sleep": 0.005}),
+    }
     b = spawn("tests.blocks.graph:StageBlock", env=b_env)
     # a runs in this process, so that the test can look at its link to b.
     a = serve(StageBlock, block_id="a", route_allow=["127.0.0.1:*"], route_retry_timeout_s=30)
-    graph = json.dumps({"is_graph": True, "graph": {
-        "a": {"outputs": [target(b.address, "b")]},
-        "b": {"outputs": [target(c.address, "c")]},
-        "c": {"outputs": [{"host": "127.0.0.1", "port": redis_server.port, "queue_name": "final",
-                           "transport": "redis-stream"}]},
-    }})
+    graph = json.dumps(
+        {
+            "is_graph": True,
+            "graph": {
+                "a": {"outputs": [target(b.address, "b")]},
+                "b": {"outputs": [target(c.address, "c")]},
+                "c": {
+                    "outputs": [
+                        {
+                            "host": "127.0.0.1",
+                            "port": redis_server.port,
+                            "queue_name": "final",
+                            "transport": "redis-stream",
+                        }
+                    ]
+                },
+            },
+        }
+    )
     n = 400
     packets = [make_packet({"i": i}, session_id=f"s{i}", seq_no=1, output_ptr=graph) for i in range(n)]
     results: list[Any] = []

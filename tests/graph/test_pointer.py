@@ -21,13 +21,20 @@ def test_empty_pointer_answers_the_caller(text: str) -> None:
 
 
 def test_fan_out_targets_and_transports() -> None:
-    plan = parse_output_ptr(ptr({"outputs": [
-        {"host": "b", "port": 50052, "transport": "grpc", "block_id": "b"},
-        {"host": "r", "port": 6379, "queue_name": "q"},
-        {"host": "r", "port": 6379, "queue_name": "s", "transport": "redis-stream"},
-        {"host": "c.svc:7000", "port": 0},
-        {"host": "d.svc", "port": 0},
-    ]}), "a")
+    plan = parse_output_ptr(
+        ptr(
+            {
+                "outputs": [
+                    {"host": "b", "port": 50052, "transport": "grpc", "block_id": "b"},
+                    {"host": "r", "port": 6379, "queue_name": "q"},
+                    {"host": "r", "port": 6379, "queue_name": "s", "transport": "redis-stream"},
+                    {"host": "c.svc:7000", "port": 0},
+                    {"host": "d.svc", "port": 0},
+                ]
+            }
+        ),
+        "a",
+    )
     kinds = [(t.transport, t.address, t.queue_name) for t in plan.targets]
     assert kinds == [
         (GRPC, "b:50052", ""),
@@ -41,11 +48,14 @@ def test_fan_out_targets_and_transports() -> None:
 
 
 def test_graph_hop_finds_its_own_entry_and_forwards_the_graph() -> None:
-    graph = {"is_graph": True, "graph": {
-        "a": {"outputs": [{"host": "b", "port": 1, "transport": "grpc"}]},
-        "b": "final",
-        "final": {"outputs": [{"host": "r", "port": 6379, "queue_name": "done"}]},
-    }}
+    graph = {
+        "is_graph": True,
+        "graph": {
+            "a": {"outputs": [{"host": "b", "port": 1, "transport": "grpc"}]},
+            "b": "final",
+            "final": {"outputs": [{"host": "r", "port": 6379, "queue_name": "done"}]},
+        },
+    }
     text = ptr(graph)
     at_a = parse_output_ptr(text, "a")
     assert [t.address for t in at_a.targets] == ["b:1"] and at_a.forward_ptr == text
@@ -54,23 +64,30 @@ def test_graph_hop_finds_its_own_entry_and_forwards_the_graph() -> None:
 
 
 def test_graph_without_an_entry_for_the_block_is_an_error_not_a_jump_to_final() -> None:
-    text = ptr({"is_graph": True, "graph": {"a": {"outputs": []}, "final": {"outputs": [
-        {"host": "r", "port": 6379, "queue_name": "done"}]}}})
+    text = ptr(
+        {
+            "is_graph": True,
+            "graph": {"a": {"outputs": []}, "final": {"outputs": [{"host": "r", "port": 6379, "queue_name": "done"}]}},
+        }
+    )
     with pytest.raises(InvalidPacket, match="no entry for block 'x'"):
         parse_output_ptr(text, "x")
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("{not json", "not JSON"),
-    ("[1]", "JSON object"),
-    (ptr({"outputs": {"host": "b"}}), "must be a list"),
-    (ptr({"outputs": [{"port": 1}]}), "has no host"),
-    (ptr({"outputs": [{"host": "b", "port": "x"}]}), "not a number"),
-    (ptr({"outputs": [{"host": "b", "port": 99999}]}), "out of range"),
-    (ptr({"outputs": [{"host": "b", "port": 1, "transport": "carrier-pigeon"}]}), "unknown transport"),
-    (ptr({"outputs": [{"host": "r", "port": 6379}]}), "needs a queue_name"),
-    (ptr({"is_graph": True, "graph": []}), "graph is not"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{not json", "not JSON"),
+        ("[1]", "JSON object"),
+        (ptr({"outputs": {"host": "b"}}), "must be a list"),
+        (ptr({"outputs": [{"port": 1}]}), "has no host"),
+        (ptr({"outputs": [{"host": "b", "port": "x"}]}), "not a number"),
+        (ptr({"outputs": [{"host": "b", "port": 99999}]}), "out of range"),
+        (ptr({"outputs": [{"host": "b", "port": 1, "transport": "carrier-pigeon"}]}), "unknown transport"),
+        (ptr({"outputs": [{"host": "r", "port": 6379}]}), "needs a queue_name"),
+        (ptr({"is_graph": True, "graph": []}), "graph is not"),
+    ],
+)
 def test_bad_pointers_name_the_problem(text: str, message: str) -> None:
     with pytest.raises(InvalidPacket, match=message):
         parse_output_ptr(text, "a")
@@ -78,10 +95,17 @@ def test_bad_pointers_name_the_problem(text: str, message: str) -> None:
 
 def test_allow_list_checks_addresses_and_queue_names() -> None:
     allow = AllowList(["127.0.0.1:*", "*.svc:50051"], ["results*"])
-    ok = parse_output_ptr(ptr({"outputs": [
-        {"host": "127.0.0.1", "port": 6379, "queue_name": "results-1"},
-        {"host": "b.svc", "port": 50051, "transport": "grpc"},
-    ]}), "a")
+    ok = parse_output_ptr(
+        ptr(
+            {
+                "outputs": [
+                    {"host": "127.0.0.1", "port": 6379, "queue_name": "results-1"},
+                    {"host": "b.svc", "port": 50051, "transport": "grpc"},
+                ]
+            }
+        ),
+        "a",
+    )
     for target in ok.targets:
         allow.check(target)
     off_host = parse_output_ptr(ptr({"outputs": [{"host": "evil.example", "port": 50051, "transport": "grpc"}]}), "a")

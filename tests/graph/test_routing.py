@@ -47,13 +47,19 @@ def test_graph_pointer_travels_hop_by_hop(serve, redis_server) -> None:
     c = serve(StageBlock, block_id="c", route_allow=ALLOW)
     b = serve(StageBlock, block_id="b", route_allow=ALLOW)
     a = serve(StageBlock, block_id="a", route_allow=ALLOW)
-    graph = {"is_graph": True, "graph": {
-        "a": {"outputs": [grpc_target(b.address, "b")]},
-        "b": {"outputs": [grpc_target(c.address, "c")]},
-        "c": "final",
-        "final": {"outputs": [{"host": "127.0.0.1", "port": redis_server.port, "queue_name": "done",
-                               "transport": "redis-stream"}]},
-    }}
+    graph = {
+        "is_graph": True,
+        "graph": {
+            "a": {"outputs": [grpc_target(b.address, "b")]},
+            "b": {"outputs": [grpc_target(c.address, "c")]},
+            "c": "final",
+            "final": {
+                "outputs": [
+                    {"host": "127.0.0.1", "port": redis_server.port, "queue_name": "done", "transport": "redis-stream"}
+                ]
+            },
+        },
+    }
     assert run_one(a.address, {"x": 1}, graph).ok
     entries = redis_server.client().xrange("done")
     assert len(entries) == 1
@@ -71,13 +77,13 @@ def test_graph_missing_entry_is_invalid_argument(serve) -> None:
 
 def test_target_off_the_allow_list_is_refused(serve, redis_server) -> None:
     b = serve(StageBlock, block_id="b")
-    a = serve(StageBlock, block_id="a", route_allow=[f"127.0.0.1:{redis_server.port}"],
-              route_allow_queues=["results"])
+    a = serve(StageBlock, block_id="a", route_allow=[f"127.0.0.1:{redis_server.port}"], route_allow_queues=["results"])
     off_host = run_one(a.address, {}, {"outputs": [grpc_target(b.address)]})
     assert off_host.error.code == grpc.StatusCode.PERMISSION_DENIED
     assert b.address in off_host.error.message
-    off_queue = run_one(a.address, {}, {"outputs": [
-        {"host": "127.0.0.1", "port": redis_server.port, "queue_name": "elsewhere"}]})
+    off_queue = run_one(
+        a.address, {}, {"outputs": [{"host": "127.0.0.1", "port": redis_server.port, "queue_name": "elsewhere"}]}
+    )
     assert off_queue.error.code == grpc.StatusCode.PERMISSION_DENIED
     assert redis_server.client().llen("elsewhere") == 0
     # The block still serves everything else.
@@ -85,8 +91,14 @@ def test_target_off_the_allow_list_is_refused(serve, redis_server) -> None:
 
 
 def test_down_target_gives_unavailable_after_bounded_retries(serve) -> None:
-    a = serve(StageBlock, block_id="a", route_allow=ALLOW, route_retry_timeout_s=1.0,
-              route_backoff_initial_s=0.05, route_backoff_max_s=0.2)
+    a = serve(
+        StageBlock,
+        block_id="a",
+        route_allow=ALLOW,
+        route_retry_timeout_s=1.0,
+        route_backoff_initial_s=0.05,
+        route_backoff_max_s=0.2,
+    )
     dead = f"127.0.0.1:{free_port()}"
     start = time.monotonic()
     result = run_one(a.address, {}, {"outputs": [grpc_target(dead)]})
@@ -139,7 +151,6 @@ def test_retryable_answer_from_downstream_is_sent_again_within_the_bound(serve) 
     assert result.ok and result.data == {"attempts": 3}
     # Past the retry time the downstream's own UNAVAILABLE is passed on, not swallowed.
     slow = serve(FlakyBlock, block_id="b2", block_init_parameters={"fail_times": 10**6})
-    a2 = serve(StageBlock, block_id="a2", route_allow=ALLOW, route_retry_timeout_s=0.5,
-               route_backoff_max_s=0.1)
+    a2 = serve(StageBlock, block_id="a2", route_allow=ALLOW, route_retry_timeout_s=0.5, route_backoff_max_s=0.1)
     failed = run_one(a2.address, {}, {"outputs": [grpc_target(slow.address)]})
     assert failed.error.code == grpc.StatusCode.UNAVAILABLE and "warming up" in failed.error.message

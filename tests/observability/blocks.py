@@ -36,8 +36,9 @@ class ForwardBlock:
 
     def on_data(self, entry):
         packet = entry.packet
-        forwarded = make_packet(packet.json(), session_id=packet.session_id, seq_no=packet.seq_no,
-                                headers=packet.headers)
+        forwarded = make_packet(
+            packet.json(), session_id=packet.session_id, seq_no=packet.seq_no, headers=packet.headers
+        )
         with self.lock:
             results = [r for r in self.client.process([forwarded], timeout=10) if r.terminal]
         return True, OnDataResult(output={"downstream": results[0].data})

@@ -109,8 +109,9 @@ def test_transitions_start_unhealthy_healthy_drain(spawn: Any) -> None:
         proc.proc.send_signal(signal.SIGTERM)
         for w in watchers:
             w.wait(5)
-        assert all(w.statuses == ["NOT_SERVING", "SERVING", "NOT_SERVING", "SERVING", "NOT_SERVING"]
-                   for w in watchers), [w.statuses for w in watchers]
+        assert all(
+            w.statuses == ["NOT_SERVING", "SERVING", "NOT_SERVING", "SERVING", "NOT_SERVING"] for w in watchers
+        ), [w.statuses for w in watchers]
         proc.proc.wait(20)
     finally:
         for w in watchers:

@@ -55,7 +55,9 @@ class Collector(mgrpc.MetricsServiceServicer, tgrpc.TraceServiceServicer):
         with self.lock:
             return {
                 a.value.string_value
-                for r in self.traces for rs in r.resource_spans for a in rs.resource.attributes
+                for r in self.traces
+                for rs in r.resource_spans
+                for a in rs.resource.attributes
                 if a.key == "service.name"
             }
 
@@ -73,8 +75,9 @@ def collector() -> Iterator[tuple[Collector, int]]:
     server.stop(0)
 
 
-def test_metrics_and_traces_go_to_the_otlp_endpoint(serve: Any, collector: tuple[Collector, int],
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_metrics_and_traces_go_to_the_otlp_endpoint(
+    serve: Any, collector: tuple[Collector, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
     servicer, port = collector
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_INSECURE", "true")

@@ -50,8 +50,7 @@ def traced(exporter: InMemorySpanExporter) -> Iterator[Any]:
 
 def by_name(spans: list[ReadableSpan], name: str, block: str | None = None) -> list[ReadableSpan]:
     return [
-        s for s in spans
-        if s.name == name and (block is None or (s.attributes or {}).get("aios.block_id") == block)
+        s for s in spans if s.name == name and (block is None or (s.attributes or {}).get("aios.block_id") == block)
     ]
 
 
@@ -140,8 +139,9 @@ def test_packet_span_only_when_stage_spans_are_off(traced: Any, exporter: InMemo
     assert all(attributes[k] >= 0 for k in ("aios.queue_s", "aios.preprocess_s", "aios.data_s"))
 
 
-def test_an_unsampled_caller_gets_no_spans_but_its_decision_travels_on(traced: Any,
-                                                                      exporter: InMemorySpanExporter) -> None:
+def test_an_unsampled_caller_gets_no_spans_but_its_decision_travels_on(
+    traced: Any, exporter: InMemorySpanExporter
+) -> None:
     served = traced(EchoBlock)
     unsampled = f"00-{TRACE_ID}-{CALLER_SPAN}-00"
     packet = make_packet({"x": 5}, session_id="s", seq_no=1, headers={"traceparent": unsampled})

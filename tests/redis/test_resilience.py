@@ -13,9 +13,16 @@ from tests.redis.test_stream_ingress import add_packets, pending, result_session
 
 
 def test_redis_restart_mid_run_loses_nothing(serve, redis_server) -> None:
-    serve(StageBlock, block_id="blk", redis_url=redis_server.url, redis_ingress_stream="jobs",
-          redis_results_stream="results", redis_batch=20, redis_claim_idle_s=2.0,
-          block_init_parameters={"sleep": 0.002})
+    serve(
+        StageBlock,
+        block_id="blk",
+        redis_url=redis_server.url,
+        redis_ingress_stream="jobs",
+        redis_results_stream="results",
+        redis_batch=20,
+        redis_claim_idle_s=2.0,
+        block_init_parameters={"sleep": 0.002},
+    )
     client = redis_server.client()
     add_packets(client, "jobs", 200, prefix="before")
     wait_for(lambda: client.xlen("results") >= 20, 30, "processing to start")
@@ -39,8 +46,14 @@ def test_list_ingress_moves_items_to_a_processing_list_and_recovers_a_dead_insta
     for i in range(50):
         client.lpush("jobs", packet(f"s{i}"))
     client.lpush("jobs", b"not a packet")
-    served = serve(StageBlock, block_id="blk", redis_url=redis_server.url, redis_ingress_list="jobs",
-                   redis_claim_idle_s=0.3, route_allow=[f"127.0.0.1:{redis_server.port}"])
+    served = serve(
+        StageBlock,
+        block_id="blk",
+        redis_url=redis_server.url,
+        redis_ingress_list="jobs",
+        redis_claim_idle_s=0.3,
+        route_allow=[f"127.0.0.1:{redis_server.port}"],
+    )
     expected = {f"s{i}" for i in range(50)} | {"orphan0", "orphan1"}
 
     def outputs() -> set[str]:
@@ -67,8 +80,11 @@ def test_set_parameters_reaches_every_instance_and_parameter_updates_list(serve,
         assert c2.get_info()["parameters"]["threshold"] == 0.7
         # The original PARAMETER_UPDATES list: one instance pops it, every instance applies it.
         redis_server.client().lpush("PARAMETER_UPDATES", json.dumps({"mode": "fast"}))
-        wait_for(lambda: c1.management("params").get("mode") == "fast"
-                 and c2.management("params").get("mode") == "fast", 10, "the list update")
+        wait_for(
+            lambda: c1.management("params").get("mode") == "fast" and c2.management("params").get("mode") == "fast",
+            10,
+            "the list update",
+        )
         # Another block's instances are not touched by blk's broadcast.
         time.sleep(0.2)
         assert "threshold" not in c3.management("params")
@@ -97,8 +113,13 @@ def test_grpc_keeps_serving_while_redis_is_down(serve, redis_server) -> None:
 def test_block_starts_while_redis_is_down_and_catches_up(serve, redis_server) -> None:
     redis_server.stop()
     try:
-        served = serve(StageBlock, block_id="blk", redis_url=redis_server.url, redis_ingress_stream="jobs",
-                       redis_results_stream="results")
+        served = serve(
+            StageBlock,
+            block_id="blk",
+            redis_url=redis_server.url,
+            redis_ingress_stream="jobs",
+            redis_results_stream="results",
+        )
         with BlockClient(served.address) as client:
             assert client.health() == "SERVING" and client.run({"x": 1}).ok
     finally:

@@ -72,10 +72,15 @@ def test_events_go_to_events_queue_in_the_original_shape(redis_server) -> None:
 
 
 def test_side_cars_get_packets_on_inputs_and_failures_are_reported(redis_server) -> None:
-    ctx = Context.from_settings(Settings(block_id="b", sidecars={
-        "features": {"redis_url": redis_server.url},
-        "down": {"redis_url": f"redis://127.0.0.1:{free_port()}/0"},
-    }))
+    ctx = Context.from_settings(
+        Settings(
+            block_id="b",
+            sidecars={
+                "features": {"redis_url": redis_server.url},
+                "down": {"redis_url": f"redis://127.0.0.1:{free_port()}/0"},
+            },
+        )
+    )
     packet = AIOSPacket(session_id="s1", seq_no=4, data='{"x": 1}')
     assert ctx.side_cars.push_to_sidecar("features", packet)
     from aios_grpc._pb import pb

@@ -40,8 +40,14 @@ def pending(client: redis.Redis, stream: str, group: str) -> int:
 def test_entries_are_processed_answered_and_acknowledged(serve, redis_server) -> None:
     client = redis_server.client()
     add_packets(client, "jobs", 150)  # before the block starts: the group starts at id 0
-    served = serve(StageBlock, block_id="blk", redis_url=redis_server.url, redis_ingress_stream="jobs",
-                   redis_results_stream="results", redis_batch=32)
+    served = serve(
+        StageBlock,
+        block_id="blk",
+        redis_url=redis_server.url,
+        redis_ingress_stream="jobs",
+        redis_results_stream="results",
+        redis_batch=32,
+    )
     add_packets(client, "jobs", 150, prefix="t")
     wait_for(lambda: client.xlen("results") >= 300, 30, "300 results")
     wait_for(lambda: pending(client, "jobs", "blk") == 0, 10, "every entry acknowledged")
@@ -55,8 +61,13 @@ def test_entries_are_processed_answered_and_acknowledged(serve, redis_server) ->
 
 def test_bad_entries_and_failed_packets_go_to_the_dead_letter_stream(serve, redis_server) -> None:
     client = redis_server.client()
-    serve(StageBlock, block_id="blk", redis_url=redis_server.url, redis_ingress_stream="jobs",
-          redis_results_stream="results")
+    serve(
+        StageBlock,
+        block_id="blk",
+        redis_url=redis_server.url,
+        redis_ingress_stream="jobs",
+        redis_results_stream="results",
+    )
     client.xadd("jobs", {"packet": b"\xff\xfe not protobuf"})
     client.xadd("jobs", {"other": b"x"})
     add_packets(client, "jobs", 1, prefix="fail", data={"fail": "model says no"})
@@ -73,8 +84,12 @@ def test_bad_entries_and_failed_packets_go_to_the_dead_letter_stream(serve, redi
 def test_killed_consumer_entries_are_reclaimed_by_another_instance(spawn, redis_server) -> None:
     client = redis_server.client()
     env = {
-        "AIOS_BLOCK_ID": "blk", "AIOS_REDIS_URL": redis_server.url, "AIOS_REDIS_INGRESS_STREAM": "jobs",
-        "AIOS_REDIS_RESULTS_STREAM": "results", "AIOS_REDIS_CLAIM_IDLE_S": "1.0", "AIOS_WORKERS": "2",
+        "AIOS_BLOCK_ID": "blk",
+        "AIOS_REDIS_URL": redis_server.url,
+        "AIOS_REDIS_INGRESS_STREAM": "jobs",
+        "AIOS_REDIS_RESULTS_STREAM": "results",
+        "AIOS_REDIS_CLAIM_IDLE_S": "1.0",
+        "AIOS_WORKERS": "2",
         "AIOS_BLOCK_INIT_PARAMETERS": json.dumps({"sleep": 0.02}),
     }
     first = spawn("tests.blocks.graph:StageBlock", env={**env, "AIOS_INSTANCE_ID": "first"})
@@ -106,9 +121,16 @@ def test_killed_consumer_entries_are_reclaimed_by_another_instance(spawn, redis_
 def test_entry_failing_with_a_retryable_error_is_dead_lettered_after_max_deliveries(serve, redis_server) -> None:
     client = redis_server.client()
     # A muxer-less block answering UNAVAILABLE: a downstream target that is down.
-    serve(StageBlock, block_id="blk", redis_url=redis_server.url, redis_ingress_stream="jobs",
-          redis_claim_idle_s=0.2, redis_max_deliveries=2, route_allow=["127.0.0.1:1"],
-          route_retry_timeout_s=0.2)
+    serve(
+        StageBlock,
+        block_id="blk",
+        redis_url=redis_server.url,
+        redis_ingress_stream="jobs",
+        redis_claim_idle_s=0.2,
+        redis_max_deliveries=2,
+        route_allow=["127.0.0.1:1"],
+        route_retry_timeout_s=0.2,
+    )
     ptr = json.dumps({"outputs": [{"host": "127.0.0.1", "port": 1, "transport": "grpc"}]})
     client.xadd("jobs", {"packet": pb.Packet(session_id="r", seq_no=1, data="{}", output_ptr=ptr).SerializeToString()})
     wait_for(lambda: client.xlen("jobs:dead") >= 1, 30, "the dead letter")
@@ -120,8 +142,15 @@ def test_entry_failing_with_a_retryable_error_is_dead_lettered_after_max_deliver
 
 def test_drain_stops_reading_and_acknowledges_what_was_in_flight(serve, redis_server) -> None:
     client = redis_server.client()
-    served = serve(StageBlock, block_id="blk", redis_url=redis_server.url, redis_ingress_stream="jobs",
-                   redis_results_stream="results", redis_batch=10, block_init_parameters={"sleep": 0.05})
+    served = serve(
+        StageBlock,
+        block_id="blk",
+        redis_url=redis_server.url,
+        redis_ingress_stream="jobs",
+        redis_results_stream="results",
+        redis_batch=10,
+        block_init_parameters={"sleep": 0.05},
+    )
     add_packets(client, "jobs", 200)
     wait_for(lambda: client.xlen("results") >= 5, 30, "processing to start")
     served.close(grace_s=20)

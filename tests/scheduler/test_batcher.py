@@ -102,9 +102,13 @@ def test_a_failing_batch_answers_only_its_own_packets(serve):
         time.sleep(0.1)
         stream.send([make_packet({"i": k, "short": k == 4}, session_id="s", seq_no=k) for k in (4, 5)])
         time.sleep(0.5)
-        stream.send([make_packet({"i": 6}, session_id="s", seq_no=6),
-                     make_packet({"i": 7, "fail": "bad"}, session_id="s", seq_no=7),
-                     make_packet({"i": 8}, session_id="s", seq_no=8)])
+        stream.send(
+            [
+                make_packet({"i": 6}, session_id="s", seq_no=6),
+                make_packet({"i": 7, "fail": "bad"}, session_id="s", seq_no=7),
+                make_packet({"i": 8}, session_id="s", seq_no=8),
+            ]
+        )
         stream.close()
         results = {(r.session_id, r.seq_no): r for r in stream.results()}
     assert len(results) == 10

@@ -15,8 +15,14 @@ from tests.scheduler.blocks import SlowBlock
 
 def test_slow_block_fast_sender_bounded_and_every_packet_answered(serve):
     window, queued = 8, 4
-    served = serve(SlowBlock, workers=1, stream_max_in_flight=window, max_queued=queued,
-                   stream_window_bytes=256 * 1024, block_init_parameters={"delay": 0.003})
+    served = serve(
+        SlowBlock,
+        workers=1,
+        stream_max_in_flight=window,
+        max_queued=queued,
+        stream_window_bytes=256 * 1024,
+        block_init_parameters={"delay": 0.003},
+    )
     sched = served.server.scheduler
     total = 400
     payload = "x" * 16_000

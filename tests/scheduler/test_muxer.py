@@ -135,8 +135,7 @@ def test_telemetry_sees_open_groups_rise_and_fall_on_eviction():
             self.seen.append(open_groups)
 
     telemetry = Groups()
-    settings = load_settings(host="127.0.0.1", port=0, workers=1,
-                             block_init_parameters={"n": 2, "timeout_s": 0.2})
+    settings = load_settings(host="127.0.0.1", port=0, workers=1, block_init_parameters={"n": 2, "timeout_s": 0.2})
     with ServedBlock(MuxBlock, settings, telemetry=telemetry) as served:
         packets = [make_packet({"x": k}, session_id="s", seq_no=k) for k in range(2)]
         with BlockClient(served.address) as client:

@@ -125,7 +125,5 @@ def test_health_check_is_serving(address, service):
 
 
 def test_health_check_of_an_unknown_service_is_not_found(address):
-    proc = grpcurl(
-        "-plaintext", "-d", '{"service": "nope"}', address, "grpc.health.v1.Health/Check", check=False
-    )
+    proc = grpcurl("-plaintext", "-d", '{"service": "nope"}', address, "grpc.health.v1.Health/Check", check=False)
     assert proc.returncode != 0 and "Code: NotFound" in proc.stderr

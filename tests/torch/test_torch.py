@@ -81,8 +81,9 @@ def test_served_classifier_batches_and_answers_like_offline(serve):
 
     def run(stream: int) -> None:
         with BlockClient(served.address) as client:
-            got[stream] = list(client.process([{"x": x} for x in inputs[stream]], session_id=f"s{stream}",
-                                              coalesce=8, timeout=60))
+            got[stream] = list(
+                client.process([{"x": x} for x in inputs[stream]], session_id=f"s{stream}", coalesce=8, timeout=60)
+            )
 
     threads = [threading.Thread(target=run, args=(s,)) for s in range(4)]
     for t in threads:

@@ -103,8 +103,9 @@ class AsyncBlockClient:
         seq = first_seq_no
         if isinstance(packets, AsyncIterable):
             async for item in packets:
-                await target.put(item if isinstance(item, pb.Packet) else
-                                 make_packet(item, session_id=session_id, seq_no=seq))
+                await target.put(
+                    item if isinstance(item, pb.Packet) else make_packet(item, session_id=session_id, seq_no=seq)
+                )
                 seq += 1
         else:
             for packet in to_packets(packets, session_id, first_seq_no):
@@ -187,9 +188,7 @@ class AsyncProcessStream:
     ) -> None:
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._window = coalesce_window_s > 0
-        requests = (
-            async_window_requests(self._queue, coalesce, coalesce_window_s) if self._window else self._requests()
-        )
+        requests = async_window_requests(self._queue, coalesce, coalesce_window_s) if self._window else self._requests()
         self._call = stub.Process(requests, timeout=timeout, metadata=metadata)
         self._closed = False
 

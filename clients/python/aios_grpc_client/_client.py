@@ -179,9 +179,7 @@ class ProcessStream:
         self._queue: queue.Queue[Any] = queue.Queue()
         self._closed = threading.Event()
         self._window = coalesce_window_s > 0
-        requests = (
-            window_requests(self._queue, coalesce, coalesce_window_s) if self._window else self._requests()
-        )
+        requests = window_requests(self._queue, coalesce, coalesce_window_s) if self._window else self._requests()
         self._responses = stub.Process(requests, timeout=timeout, metadata=metadata)
 
     def _requests(self) -> Iterator[pb.ProcessRequest]:

@@ -49,9 +49,7 @@ def make_packet(
     return packet
 
 
-def to_packets(
-    items: Iterable[PacketLike], session_id: str, first_seq_no: int
-) -> Iterator[pb.Packet]:
+def to_packets(items: Iterable[PacketLike], session_id: str, first_seq_no: int) -> Iterator[pb.Packet]:
     """Packets from packets or JSON-able values; values get ``session_id`` and rising seq_no."""
     seq = first_seq_no
     for item in items:
@@ -161,9 +159,7 @@ class EndOfPackets:
 END = EndOfPackets()
 
 
-def window_requests(
-    source: queue.Queue[Any], coalesce: int, window_s: float
-) -> Iterator[pb.ProcessRequest]:
+def window_requests(source: queue.Queue[Any], coalesce: int, window_s: float) -> Iterator[pb.ProcessRequest]:
     """Requests from packets taken off ``source`` until ``END``.
 
     Packets put within ``window_s`` seconds of a group's first packet go in one
@@ -235,9 +231,7 @@ async def async_window_requests(
             yield tail
 
 
-def feed_thread(
-    packets: Iterable[pb.Packet], target: queue.Queue[Any], stop: threading.Event
-) -> threading.Thread:
+def feed_thread(packets: Iterable[pb.Packet], target: queue.Queue[Any], stop: threading.Event) -> threading.Thread:
     """A daemon thread that puts ``packets`` then ``END`` on ``target``.
 
     ``target`` is bounded, so the thread waits while the stream is slow; ``stop``
