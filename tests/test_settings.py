@@ -148,3 +148,43 @@ def test_every_setting_has_a_docstring():
         and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
     }  # fmt: skip
     assert set(Settings.model_fields) <= documented
+
+
+def _documented_default(cell: str) -> str | None:
+    """The default a docs table cell states, as text; None for a computed one ("random ...")."""
+    cell = cell.strip()
+    if cell == "(empty)":
+        return ""
+    found = re.fullmatch(r"`(.*)`", cell)
+    return found.group(1) if found else None
+
+
+def _shown(value: object) -> str:
+    import json
+
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list | dict):
+        return json.dumps(value)
+    return str(value)
+
+
+def test_the_configuration_reference_states_the_real_defaults(monkeypatch):
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    from aios_grpc.blockhealth.settings import BlockHealthSettings
+
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    instance, aggregator = text.split("## Block health aggregator", 1)
+    tables = [(instance, Settings(), 3), (aggregator, BlockHealthSettings(), 2)]
+    wrong = []
+    for section, settings, column in tables:
+        for row in re.finditer(r"^\| `AIOS_([A-Z0-9_]+)` \|(.*)$", section, re.M):
+            cells = row.group(2).split(" | ")
+            stated = _documented_default(cells[column - 2])
+            name = row.group(1).lower()
+            if stated is None or name not in type(settings).model_fields:
+                continue
+            actual = _shown(getattr(settings, name))
+            if stated != actual:
+                wrong.append(f"AIOS_{row.group(1)}: docs say {stated!r}, Settings has {actual!r}")
+    assert not wrong, wrong
