@@ -1,7 +1,8 @@
-"""Shared by the batching, coalescing and latency benchmarks: start a served block, percentiles."""
+"""Shared by the benchmarks: start a served block, drive pipelined Process streams, percentiles, CPU time."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -15,30 +16,38 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "generated"), str(ROOT / "clients" / "python"), str(ROOT)]
 
+import grpc  # noqa: E402
+from aios.block.v1 import block_pb2 as pb  # noqa: E402
+from aios.block.v1 import block_pb2_grpc as pb_grpc  # noqa: E402
 
-def start_block(ref: str, params: dict[str, Any] | None = None, **env: str) -> tuple[subprocess.Popen[str], str]:
-    """``aios-grpc serve ref`` in a subprocess; returns it and its ``host:port``."""
-    full = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    full.update(
-        {
-            "AIOS_HOST": "127.0.0.1",
-            "AIOS_PORT": "0",
-            "AIOS_LOG_LEVEL": "INFO",
-            "PYTHONUNBUFFERED": "1",
-            "AIOS_METRICS_PORT": "-1",
-        }
-    )
-    if params is not None:
-        full["AIOS_BLOCK_INIT_PARAMETERS"] = json.dumps(params)
-    full.update(env)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "aios_grpc", "serve", ref],
-        cwd=ROOT,
-        env=full,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+
+class TrivialBlock:
+    """Echoes the packet's JSON text: the least work a block can do, so the runtime's cost shows most."""
+
+    def __init__(self, context: Any) -> None:
+        self.context = context
+
+    def on_data(self, entry: Any) -> Any:
+        """Return the input data as the output (no JSON round trip)."""
+        from aios_grpc import OnDataResult
+
+        return True, OnDataResult(output=entry.packet.data)
+
+
+def bench_env() -> dict[str, str]:
+    """The environment of a server subprocess: this checkout first on PYTHONPATH."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+
+
+def start_process(
+    cmd: list[str], env: dict[str, str], *, wait_ready: bool = False
+) -> tuple[subprocess.Popen[str], str]:
+    """Run a server command; returns it and the ``host:port`` of its "listening on" line.
+
+    With ``wait_ready`` it also waits for aios-grpc's "is ready" line (the block's
+    ``__init__`` finished).
+    """
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
     seen: list[str] = []
     end = time.monotonic() + 90
@@ -51,12 +60,30 @@ def start_block(ref: str, params: dict[str, Any] | None = None, **env: str) -> t
         found = re.search(r"listening on ([^ ]+:\d+)", line)
         if found:
             address = found.group(1)
-        if address and "is ready" in line:
+        if address and (not wait_ready or "is ready" in line):
             # Keep draining its output so that a chatty server never blocks on a full pipe.
             threading.Thread(target=proc.stdout.read, daemon=True).start()
             return proc, address
     proc.kill()
-    raise SystemExit(f"server {ref} did not start:\n{''.join(seen[-20:])}")
+    raise SystemExit(f"server {' '.join(cmd)} did not start:\n{''.join(seen[-20:])}")
+
+
+def start_block(ref: str, params: dict[str, Any] | None = None, **env: str) -> tuple[subprocess.Popen[str], str]:
+    """``aios-grpc serve ref`` in a subprocess; returns it and its ``host:port``."""
+    full = bench_env()
+    full.update(
+        {
+            "AIOS_HOST": "127.0.0.1",
+            "AIOS_PORT": "0",
+            "AIOS_LOG_LEVEL": "INFO",
+            "PYTHONUNBUFFERED": "1",
+            "AIOS_METRICS_PORT": "-1",
+        }
+    )
+    if params is not None:
+        full["AIOS_BLOCK_INIT_PARAMETERS"] = json.dumps(params)
+    full.update(env)
+    return start_process([sys.executable, "-m", "aios_grpc", "serve", ref], full, wait_ready=True)
 
 
 def stop(proc: subprocess.Popen[str]) -> None:
@@ -75,3 +102,42 @@ def cpu_seconds(pid: int) -> float:
     """CPU seconds (user + system, every thread) that process ``pid`` used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def one_stream(stub: pb_grpc.BlockServiceStub, session: str, n: int) -> int:
+    """Send ``n`` packets on one Process stream while reading; returns how many were answered."""
+    call = stub.Process()
+
+    async def write() -> None:
+        for i in range(n):
+            packet = pb.Packet(session_id=session, seq_no=i, data=json.dumps({"i": i, "text": "hello"}))
+            await call.write(pb.ProcessRequest(packet=packet))
+        await call.done_writing()
+
+    writer = asyncio.create_task(write())
+    answered = 0
+    async for response in call:
+        results = list(response.results) or [response.result]
+        answered += sum(1 for r in results if r.kind in (pb.RESULT_KIND_OK, pb.RESULT_KIND_ERROR))
+    await writer
+    return answered
+
+
+async def drive(address: str, pid: int, streams: int, total: int) -> tuple[float, float]:
+    """One run of ``total`` packets over ``streams`` pipelined streams, after a warm-up.
+
+    Returns packets/s and the server's CPU microseconds per packet.
+    """
+    per_stream = total // streams
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.BlockServiceStub(channel)
+        await one_stream(stub, "warm-up", 500)
+        cpu = cpu_seconds(pid)
+        start = time.perf_counter()
+        answered = await asyncio.gather(*(one_stream(stub, f"s{k}", per_stream) for k in range(streams)))
+        elapsed = time.perf_counter() - start
+        cpu = cpu_seconds(pid) - cpu
+    n = per_stream * streams
+    if sum(answered) != n:
+        raise SystemExit(f"{address}: {sum(answered)} answers for {n} packets")
+    return n / elapsed, cpu / n * 1e6

@@ -2,7 +2,7 @@
 
 Usage: flock /tmp/aios-bench.lock .venv/bin/python bench/tracing_cost.py [--packets N]
 
-Three servers of the same trivial block (``bench/stream_throughput.py:TrivialBlock``),
+Three servers of the same trivial block (``bench/_harness.py:TrivialBlock``),
 each in its own subprocess, driven by the same client as ``stream_throughput.py``
 (pipelined Process streams, 1 and 8 streams), runs alternating so that outside load
 falls on all alike:
@@ -24,101 +24,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import re
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "generated"), str(ROOT / "clients" / "python"), str(ROOT)]
+sys.path[:0] = [str(Path(__file__).resolve().parent)]
 
-import grpc  # noqa: E402
-from aios.block.v1 import block_pb2 as pb  # noqa: E402
-from aios.block.v1 import block_pb2_grpc as pb_grpc  # noqa: E402
-
-from aios_grpc import OnDataResult  # noqa: E402
-
-
-class TrivialBlock:
-    """Echoes the packet's JSON text: the least work a block can do, so telemetry shows most."""
-
-    def __init__(self, context: Any) -> None:
-        self.context = context
-
-    def on_data(self, entry: Any) -> Any:
-        """Return the input data as the output."""
-        return True, OnDataResult(output=entry.packet.data)
-
-
-# -- client ---------------------------------------------------------------------------
-
-
-async def _one_stream(stub: pb_grpc.BlockServiceStub, session: str, n: int) -> int:
-    call = stub.Process()
-
-    async def write() -> None:
-        for i in range(n):
-            packet = pb.Packet(session_id=session, seq_no=i, data=json.dumps({"i": i, "text": "hello"}))
-            await call.write(pb.ProcessRequest(packet=packet))
-        await call.done_writing()
-
-    writer = asyncio.create_task(write())
-    answered = 0
-    async for response in call:
-        results = list(response.results) or [response.result]
-        answered += sum(1 for r in results if r.kind in (pb.RESULT_KIND_OK, pb.RESULT_KIND_ERROR))
-    await writer
-    return answered
-
-
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-async def _drive(address: str, pid: int, streams: int, total: int) -> tuple[float, float]:
-    """Packets/s and the server's CPU microseconds per packet, for one run."""
-    per_stream = total // streams
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = pb_grpc.BlockServiceStub(channel)
-        await _one_stream(stub, "warm-up", 500)
-        cpu = _cpu_s(pid)
-        start = time.perf_counter()
-        answered = await asyncio.gather(*(_one_stream(stub, f"s{k}", per_stream) for k in range(streams)))
-        elapsed = time.perf_counter() - start
-        cpu = _cpu_s(pid) - cpu
-    n = per_stream * streams
-    if sum(answered) != n:
-        raise SystemExit(f"{address}: {sum(answered)} answers for {n} packets")
-    return n / elapsed, cpu / n * 1e6
-
-
-def _start(cmd: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    seen: list[str] = []
-    end = time.monotonic() + 60
-    while time.monotonic() < end:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        seen.append(line)
-        found = re.search(r"listening on ([^ ]+:\d+)", line)
-        if found:
-            threading.Thread(target=proc.stdout.read, daemon=True).start()  # never a full pipe
-            return proc, found.group(1)
-    proc.kill()
-    raise SystemExit(f"server {' '.join(cmd)} did not start:\n{''.join(seen[-20:])}")
+from _harness import TrivialBlock, bench_env, drive, start_process  # noqa: E402
 
 
 class _CountingExporter:
@@ -192,7 +110,7 @@ def main() -> None:
         asyncio.run(_serve(args.serve, args.report))
         return
 
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = bench_env()
     modes = ("none", "metrics", "traced", "lite")
     procs = {}
     report = Path(tempfile.mkdtemp(prefix="aios-bench-")) / "spans.txt"
@@ -202,11 +120,11 @@ def main() -> None:
         addresses = {}
         for mode in modes:
             cmd = [sys.executable, __file__, "--serve", mode, "--report", str(report) if mode == "traced" else ""]
-            procs[mode], addresses[mode] = _start(cmd, env)
+            procs[mode], addresses[mode] = start_process(cmd, env)
         for _ in range(args.rounds):
             for streams in args.streams:
                 for mode in modes:
-                    rate, cpu = asyncio.run(_drive(addresses[mode], procs[mode].pid, streams, args.packets))
+                    rate, cpu = asyncio.run(drive(addresses[mode], procs[mode].pid, streams, args.packets))
                     rates.setdefault((mode, streams), []).append(rate)
                     cpus.setdefault((mode, streams), []).append(cpu)
     finally:
