@@ -8,21 +8,29 @@ from typing import Any
 
 import grpc
 from aios.block.v1 import block_pb2_grpc as pb_grpc
-from google.protobuf import json_format
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2_grpc
 
-from aios_grpc_client._client import _channel_options, _struct
 from aios_grpc_client._types import (
     DEFAULT_COALESCE,
     END,
     Metadata,
     PacketLike,
     Result,
+    async_requests_of,
+    async_to_packets,
     async_window_requests,
-    make_packet,
+    channel_options,
+    health_request,
+    info_of,
+    management_request,
+    management_result,
+    parameters_of,
+    parameters_request,
     pb,
     requests_of,
     results_of,
+    send_item,
+    status_name,
     to_packets,
 )
 
@@ -41,7 +49,7 @@ class AsyncBlockClient:
         max_message_bytes: int = 16 * 1024 * 1024,
     ) -> None:
         self.target = target
-        self.channel = channel or grpc.aio.insecure_channel(target, options=_channel_options(max_message_bytes))
+        self.channel = channel or grpc.aio.insecure_channel(target, options=channel_options(max_message_bytes))
         self.metadata: Metadata = tuple(metadata or ())
         # The generated stub's typing describes a blocking channel; on an aio channel its
         # calls return awaitables and async iterators, so it is typed loosely here.
@@ -81,7 +89,7 @@ class AsyncBlockClient:
             feeder = asyncio.create_task(self._feed(packets, session_id, first_seq_no, source))
             requests: Any = async_window_requests(source, coalesce, coalesce_window_s)
         elif isinstance(packets, AsyncIterable):
-            requests = self._async_requests(packets, session_id, first_seq_no, coalesce)
+            requests = async_requests_of(async_to_packets(packets, session_id, first_seq_no), coalesce)
         else:
             requests = requests_of(to_packets(packets, session_id, first_seq_no), coalesce)
         try:
@@ -100,36 +108,13 @@ class AsyncBlockClient:
         first_seq_no: int,
         target: asyncio.Queue[Any],
     ) -> None:
-        seq = first_seq_no
         if isinstance(packets, AsyncIterable):
-            async for item in packets:
-                await target.put(
-                    item if isinstance(item, pb.Packet) else make_packet(item, session_id=session_id, seq_no=seq)
-                )
-                seq += 1
+            async for packet in async_to_packets(packets, session_id, first_seq_no):
+                await target.put(packet)
         else:
             for packet in to_packets(packets, session_id, first_seq_no):
                 await target.put(packet)
         await target.put(END)
-
-    @staticmethod
-    async def _async_requests(
-        packets: AsyncIterable[PacketLike], session_id: str, first_seq_no: int, coalesce: int
-    ) -> AsyncIterator[pb.ProcessRequest]:
-        seq = first_seq_no
-        group: list[pb.Packet] = []
-        async for item in packets:
-            packet = item if isinstance(item, pb.Packet) else make_packet(item, session_id=session_id, seq_no=seq)
-            seq += 1
-            if coalesce <= 1:
-                yield pb.ProcessRequest(packet=packet)
-                continue
-            group.append(packet)
-            if len(group) >= coalesce:
-                yield pb.ProcessRequest(packets=group)
-                group = []
-        if group:
-            yield pb.ProcessRequest(packets=group)
 
     async def run(
         self, data: Any, *, session_id: str = "session", seq_no: int = 1, timeout: float | None = None
@@ -152,27 +137,23 @@ class AsyncBlockClient:
 
     async def set_parameters(self, parameters: Mapping[str, Any], *, timeout: float | None = None) -> dict[str, Any]:
         """Apply parameters; returns ``{"applied": {...}, "parameters": {...}}``."""
-        request = pb.SetParametersRequest(parameters=_struct(parameters, "parameters"))
-        response = await self._stub.SetParameters(request, timeout=timeout, metadata=self.metadata)
-        return json_format.MessageToDict(response)
+        request = parameters_request(parameters)
+        return parameters_of(await self._stub.SetParameters(request, timeout=timeout, metadata=self.metadata))
 
     async def management(
         self, action: str, data: Mapping[str, Any] | None = None, *, timeout: float | None = None
     ) -> Any:
         """Run a management action; returns what the block returned."""
-        request = pb.ManagementRequest(action=action, data=_struct({} if data is None else data, "data"))
-        response = await self._stub.Management(request, timeout=timeout, metadata=self.metadata)
-        return json_format.MessageToDict(response).get("result")
+        request = management_request(action, data)
+        return management_result(await self._stub.Management(request, timeout=timeout, metadata=self.metadata))
 
     async def get_info(self, *, timeout: float | None = None) -> dict[str, Any]:
         """Block id, instance id, SDK version, muxer and batcher settings, parameters."""
-        response = await self._stub.GetInfo(pb.GetInfoRequest(), timeout=timeout, metadata=self.metadata)
-        return json_format.MessageToDict(response, preserving_proto_field_name=True)
+        return info_of(await self._stub.GetInfo(pb.GetInfoRequest(), timeout=timeout, metadata=self.metadata))
 
     async def health(self, service: str = "", *, timeout: float | None = 5.0) -> str:
         """The health status name (``"SERVING"``, ``"NOT_SERVING"``, ...)."""
-        response = await self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
-        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+        return status_name(await self._health.Check(health_request(service), timeout=timeout))
 
 
 class AsyncProcessStream:
@@ -203,12 +184,7 @@ class AsyncProcessStream:
         """Send one packet, or several in one request message."""
         if self._closed:
             raise RuntimeError("stream is closed for sending")
-        if isinstance(packet, list):
-            await self._queue.put(pb.ProcessRequest(packets=packet))
-        elif self._window:
-            await self._queue.put(packet)
-        else:
-            await self._queue.put(pb.ProcessRequest(packet=packet))
+        await self._queue.put(send_item(packet, self._window))
 
     async def close(self) -> None:
         """Half-close: results keep coming until every packet is answered."""

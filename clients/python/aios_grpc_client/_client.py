@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import queue
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -10,8 +9,7 @@ from typing import Any
 
 import grpc
 from aios.block.v1 import block_pb2_grpc as pb_grpc
-from google.protobuf import json_format, struct_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2_grpc
 
 from aios_grpc_client._types import (
     DEFAULT_COALESCE,
@@ -19,30 +17,24 @@ from aios_grpc_client._types import (
     Metadata,
     PacketLike,
     Result,
+    channel_options,
     feed_thread,
+    health_request,
+    info_of,
+    management_request,
+    management_result,
+    parameters_of,
+    parameters_request,
     pb,
     requests_of,
     results_of,
+    send_item,
+    status_name,
     to_packets,
     window_requests,
 )
 
 _CLOSE = object()
-
-
-def _struct(value: Mapping[str, Any], what: str) -> struct_pb2.Struct:
-    if not isinstance(value, Mapping):
-        raise TypeError(f"{what} must be a dict (a JSON object), got {type(value).__name__}")
-    msg = struct_pb2.Struct()
-    msg.update(json.loads(json.dumps(dict(value))))
-    return msg
-
-
-def _channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
-    return [
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
-    ]
 
 
 class BlockClient:
@@ -60,7 +52,7 @@ class BlockClient:
         max_message_bytes: int = 16 * 1024 * 1024,
     ) -> None:
         self.target = target
-        self.channel = channel or grpc.insecure_channel(target, options=_channel_options(max_message_bytes))
+        self.channel = channel or grpc.insecure_channel(target, options=channel_options(max_message_bytes))
         self.metadata: Metadata = tuple(metadata or ())
         self._stub = pb_grpc.BlockServiceStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
@@ -128,25 +120,21 @@ class BlockClient:
 
     def set_parameters(self, parameters: Mapping[str, Any], *, timeout: float | None = None) -> dict[str, Any]:
         """Apply parameters; returns ``{"applied": {...}, "parameters": {...}}``."""
-        request = pb.SetParametersRequest(parameters=_struct(parameters, "parameters"))
-        response = self._stub.SetParameters(request, timeout=timeout, metadata=self.metadata)
-        return json_format.MessageToDict(response)
+        request = parameters_request(parameters)
+        return parameters_of(self._stub.SetParameters(request, timeout=timeout, metadata=self.metadata))
 
     def management(self, action: str, data: Mapping[str, Any] | None = None, *, timeout: float | None = None) -> Any:
         """Run a management action; returns what the block returned."""
-        request = pb.ManagementRequest(action=action, data=_struct({} if data is None else data, "data"))
-        response = self._stub.Management(request, timeout=timeout, metadata=self.metadata)
-        return json_format.MessageToDict(response).get("result")
+        request = management_request(action, data)
+        return management_result(self._stub.Management(request, timeout=timeout, metadata=self.metadata))
 
     def get_info(self, *, timeout: float | None = None) -> dict[str, Any]:
         """Block id, instance id, SDK version, muxer and batcher settings, parameters."""
-        response = self._stub.GetInfo(pb.GetInfoRequest(), timeout=timeout, metadata=self.metadata)
-        return json_format.MessageToDict(response, preserving_proto_field_name=True)
+        return info_of(self._stub.GetInfo(pb.GetInfoRequest(), timeout=timeout, metadata=self.metadata))
 
     def health(self, service: str = "", *, timeout: float | None = 5.0) -> str:
         """The health status name (``"SERVING"``, ``"NOT_SERVING"``, ...)."""
-        response = self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
-        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+        return status_name(self._health.Check(health_request(service), timeout=timeout))
 
     def wait_until_serving(self, timeout: float = 30.0, service: str = "") -> None:
         """Block until health is SERVING; TimeoutError after ``timeout`` seconds."""
@@ -193,12 +181,7 @@ class ProcessStream:
         """Send one packet, or several in one request message."""
         if self._closed.is_set():
             raise RuntimeError("stream is closed for sending")
-        if isinstance(packet, list):
-            self._queue.put(pb.ProcessRequest(packets=packet))
-        elif self._window:
-            self._queue.put(packet)
-        else:
-            self._queue.put(pb.ProcessRequest(packet=packet))
+        self._queue.put(send_item(packet, self._window))
 
     def close(self) -> None:
         """Half-close: no more packets; results keep coming until every packet is answered."""

@@ -7,12 +7,14 @@ import json
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from aios.block.v1 import block_pb2 as pb
+from google.protobuf import json_format, struct_pb2
+from grpc_health.v1 import health_pb2
 
 _KINDS = {1: "ok", 2: "error", 3: "partial"}
 
@@ -49,15 +51,84 @@ def make_packet(
     return packet
 
 
+def as_packet(item: PacketLike, session_id: str, seq_no: int) -> pb.Packet:
+    """``item`` itself when it is a ``Packet``, else a packet of it with ``session_id`` and ``seq_no``."""
+    return item if isinstance(item, pb.Packet) else make_packet(item, session_id=session_id, seq_no=seq_no)
+
+
 def to_packets(items: Iterable[PacketLike], session_id: str, first_seq_no: int) -> Iterator[pb.Packet]:
     """Packets from packets or JSON-able values; values get ``session_id`` and rising seq_no."""
+    for seq, item in enumerate(items, first_seq_no):
+        yield as_packet(item, session_id, seq)
+
+
+async def async_to_packets(
+    items: AsyncIterable[PacketLike], session_id: str, first_seq_no: int
+) -> AsyncIterator[pb.Packet]:
+    """``to_packets`` for an async iterable."""
     seq = first_seq_no
-    for item in items:
-        if isinstance(item, pb.Packet):
-            yield item
-        else:
-            yield make_packet(item, session_id=session_id, seq_no=seq)
+    async for item in items:
+        yield as_packet(item, session_id, seq)
         seq += 1
+
+
+def struct_of(value: Mapping[str, Any], what: str) -> struct_pb2.Struct:
+    """A ``Struct`` of a JSON object; a TypeError naming ``what`` for anything else."""
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{what} must be a dict (a JSON object), got {type(value).__name__}")
+    msg = struct_pb2.Struct()
+    msg.update(json.loads(json.dumps(dict(value))))
+    return msg
+
+
+def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    """Channel options that let messages up to ``max_message_bytes`` through both ways."""
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+    ]
+
+
+def parameters_request(parameters: Mapping[str, Any]) -> pb.SetParametersRequest:
+    """The SetParameters request for ``parameters``."""
+    return pb.SetParametersRequest(parameters=struct_of(parameters, "parameters"))
+
+
+def management_request(action: str, data: Mapping[str, Any] | None) -> pb.ManagementRequest:
+    """The Management request for ``action`` with ``data`` (an empty object when None)."""
+    return pb.ManagementRequest(action=action, data=struct_of({} if data is None else data, "data"))
+
+
+def parameters_of(response: pb.SetParametersResponse) -> dict[str, Any]:
+    """``{"applied": {...}, "parameters": {...}}`` from a SetParameters response."""
+    return json_format.MessageToDict(response)
+
+
+def management_result(response: pb.ManagementResponse) -> Any:
+    """What the block's ``management`` returned, from a Management response."""
+    return json_format.MessageToDict(response).get("result")
+
+
+def info_of(response: pb.GetInfoResponse) -> dict[str, Any]:
+    """GetInfo's answer as a dict with the proto's field names."""
+    return json_format.MessageToDict(response, preserving_proto_field_name=True)
+
+
+def health_request(service: str) -> health_pb2.HealthCheckRequest:
+    """The health Check request for ``service`` (``""``: the whole server)."""
+    return health_pb2.HealthCheckRequest(service=service)
+
+
+def status_name(response: health_pb2.HealthCheckResponse) -> str:
+    """``"SERVING"``, ``"NOT_SERVING"``, ... from a health Check response."""
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+
+def send_item(packet: pb.Packet | list[pb.Packet], windowed: bool) -> pb.Packet | pb.ProcessRequest:
+    """What a stream's ``send`` queues: a request, or the bare packet for a coalescing window."""
+    if isinstance(packet, list):
+        return pb.ProcessRequest(packets=packet)
+    return packet if windowed else pb.ProcessRequest(packet=packet)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,20 +203,51 @@ def _code(number: int) -> grpc.StatusCode:
     return grpc.StatusCode.UNKNOWN
 
 
+class Coalescer:
+    """Packets in, requests out: one packet per request, or up to ``coalesce`` when > 1."""
+
+    def __init__(self, coalesce: int) -> None:
+        self.coalesce = coalesce
+        self.group: list[pb.Packet] = []
+
+    def add(self, packet: pb.Packet) -> pb.ProcessRequest | None:
+        """The request to send now, if ``packet`` completes one."""
+        if self.coalesce <= 1:
+            return pb.ProcessRequest(packet=packet)
+        self.group.append(packet)
+        return self.flush() if len(self.group) >= self.coalesce else None
+
+    def flush(self) -> pb.ProcessRequest | None:
+        """The request of the packets still held, if any."""
+        if not self.group:
+            return None
+        request = pb.ProcessRequest(packets=self.group)
+        self.group = []
+        return request
+
+
 def requests_of(packets: Iterable[pb.Packet], coalesce: int) -> Iterator[pb.ProcessRequest]:
     """ProcessRequests: one packet each, or up to ``coalesce`` packets each when > 1."""
-    if coalesce <= 1:
-        for packet in packets:
-            yield pb.ProcessRequest(packet=packet)
-        return
-    group: list[pb.Packet] = []
+    coalescer = Coalescer(coalesce)
     for packet in packets:
-        group.append(packet)
-        if len(group) >= coalesce:
-            yield pb.ProcessRequest(packets=group)
-            group = []
-    if group:
-        yield pb.ProcessRequest(packets=group)
+        request = coalescer.add(packet)
+        if request is not None:
+            yield request
+    last = coalescer.flush()
+    if last is not None:
+        yield last
+
+
+async def async_requests_of(packets: AsyncIterable[pb.Packet], coalesce: int) -> AsyncIterator[pb.ProcessRequest]:
+    """``requests_of`` for an async iterable."""
+    coalescer = Coalescer(coalesce)
+    async for packet in packets:
+        request = coalescer.add(packet)
+        if request is not None:
+            yield request
+    last = coalescer.flush()
+    if last is not None:
+        yield last
 
 
 #: Most packets one request carries when only a time window is given.
@@ -159,6 +261,42 @@ class EndOfPackets:
 END = EndOfPackets()
 
 
+class _Window:
+    """One coalescing window, opened by its first packet.
+
+    It takes packets until it holds ``limit``, its time is up, or it meets ``END`` or
+    a ready ``ProcessRequest`` (the tail, sent after the window's packets).
+    """
+
+    def __init__(self, first: pb.Packet, limit: int, window_s: float) -> None:
+        self.packets = [first]
+        self.limit = limit
+        self.close_at = time.monotonic() + window_s
+        self.tail: Any = None
+
+    def open(self) -> bool:
+        """Whether the window may take another packet."""
+        return self.tail is None and len(self.packets) < self.limit
+
+    def remaining(self) -> float:
+        """Seconds until the window closes."""
+        return self.close_at - time.monotonic()
+
+    def take(self, item: Any) -> None:
+        """Add a packet, or keep a boundary (``END``, a request) as the tail."""
+        if item is END or isinstance(item, pb.ProcessRequest):
+            self.tail = item
+        else:
+            self.packets.append(item)
+
+    def requests(self) -> list[pb.ProcessRequest]:
+        """The window's request, then the tail request if there is one."""
+        out = [pb.ProcessRequest(packets=self.packets)]
+        if isinstance(self.tail, pb.ProcessRequest):
+            out.append(self.tail)
+        return out
+
+
 def window_requests(source: queue.Queue[Any], coalesce: int, window_s: float) -> Iterator[pb.ProcessRequest]:
     """Requests from packets taken off ``source`` until ``END``.
 
@@ -167,31 +305,21 @@ def window_requests(source: queue.Queue[Any], coalesce: int, window_s: float) ->
     is, after the group before it. A group never waits longer than ``window_s``.
     """
     limit = coalesce if coalesce > 1 else DEFAULT_COALESCE
-    while True:
-        item = source.get()
-        if item is END:
-            return
+    item = source.get()
+    while item is not END:
         if isinstance(item, pb.ProcessRequest):
             yield item
+            item = source.get()
             continue
-        group = [item]
-        close_at = time.monotonic() + window_s
-        tail: Any = None
-        while len(group) < limit:
-            remaining = close_at - time.monotonic()
+        window = _Window(item, limit, window_s)
+        while window.open():
+            remaining = window.remaining()
             try:
-                nxt = source.get(timeout=remaining) if remaining > 0 else source.get_nowait()
+                window.take(source.get(timeout=remaining) if remaining > 0 else source.get_nowait())
             except queue.Empty:
                 break
-            if nxt is END or isinstance(nxt, pb.ProcessRequest):
-                tail = nxt
-                break
-            group.append(nxt)
-        yield pb.ProcessRequest(packets=group)
-        if tail is END:
-            return
-        if tail is not None:
-            yield tail
+        yield from window.requests()
+        item = END if window.tail is END else source.get()
 
 
 async def async_window_requests(
@@ -199,36 +327,28 @@ async def async_window_requests(
 ) -> AsyncIterator[pb.ProcessRequest]:
     """``window_requests`` for an ``asyncio.Queue``."""
     limit = coalesce if coalesce > 1 else DEFAULT_COALESCE
-    while True:
-        item = await source.get()
-        if item is END:
-            return
+    item = await source.get()
+    while item is not END:
         if isinstance(item, pb.ProcessRequest):
             yield item
+            item = await source.get()
             continue
-        group = [item]
-        close_at = time.monotonic() + window_s
-        tail: Any = None
-        while len(group) < limit:
+        window = _Window(item, limit, window_s)
+        while window.open():
             try:
-                nxt = source.get_nowait()
+                window.take(source.get_nowait())
+                continue
             except asyncio.QueueEmpty:
-                remaining = close_at - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    nxt = await asyncio.wait_for(source.get(), remaining)
-                except TimeoutError:
-                    break
-            if nxt is END or isinstance(nxt, pb.ProcessRequest):
-                tail = nxt
+                pass
+            if window.remaining() <= 0:
                 break
-            group.append(nxt)
-        yield pb.ProcessRequest(packets=group)
-        if tail is END:
-            return
-        if tail is not None:
-            yield tail
+            try:
+                window.take(await asyncio.wait_for(source.get(), window.remaining()))
+            except TimeoutError:
+                break
+        for request in window.requests():
+            yield request
+        item = END if window.tail is END else await source.get()
 
 
 def feed_thread(packets: Iterable[pb.Packet], target: queue.Queue[Any], stop: threading.Event) -> threading.Thread:
@@ -261,17 +381,31 @@ def feed_thread(packets: Iterable[pb.Packet], target: queue.Queue[Any], stop: th
 __all__ = [
     "DEFAULT_COALESCE",
     "END",
+    "Coalescer",
     "EndOfPackets",
     "Metadata",
     "PacketError",
     "PacketLike",
     "Result",
+    "as_packet",
+    "async_requests_of",
+    "async_to_packets",
     "async_window_requests",
+    "channel_options",
     "feed_thread",
+    "health_request",
+    "info_of",
     "make_packet",
+    "management_request",
+    "management_result",
+    "parameters_of",
+    "parameters_request",
     "pb",
     "requests_of",
     "results_of",
+    "send_item",
+    "status_name",
+    "struct_of",
     "to_packets",
     "window_requests",
 ]
