@@ -21,6 +21,7 @@ from aios_grpc.blockhealth.report import blocks_key, instances_key, report_key
 from aios_grpc.blockhealth.settings import load_block_health_settings
 from tests.blockhealth.policies import NeedsInstances
 from tests.conftest import ROOT
+from tests.helpers import wait_for
 from tests.observability.blocks import SwitchableHealth
 
 PREFIX = "aios:blockhealth"
@@ -32,15 +33,6 @@ def get(port: int, path: str) -> tuple[int, dict[str, Any]]:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def put(

@@ -6,15 +6,14 @@ import json
 import os
 import signal
 import threading
-import time
 from collections import Counter
 from typing import Any
 
 from aios_grpc_client import BlockClient, make_packet
 
-from aios_grpc._pb import pb
 from aios_grpc.adapters.redis_local import free_port
 from tests.blocks.graph import StageBlock
+from tests.helpers import redis_stream_target, stream_packets, wait_for
 
 ALLOW = json.dumps(["127.0.0.1:*"])
 
@@ -22,17 +21,6 @@ ALLOW = json.dumps(["127.0.0.1:*"])
 def target(address: str, block_id: str) -> dict[str, Any]:
     host, port = address.rsplit(":", 1)
     return {"host": host, "port": int(port), "transport": "grpc", "block_id": block_id}
-
-
-def final_outputs(redis_server: Any, stream: str) -> list[pb.Packet]:
-    return [pb.Packet.FromString(f[b"packet"]) for _, f in redis_server.client().xrange(stream)]
-
-
-def wait_for(predicate: Any, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def test_four_block_graph_fan_out_and_mux_delivers_every_session_once(spawn, redis_server) -> None:
@@ -50,16 +38,7 @@ def test_four_block_graph_fan_out_and_mux_delivers_every_session_once(spawn, red
                 "b": {"outputs": [target(addr["d"], "d")]},
                 "c": {"outputs": [target(addr["d"], "d")]},
                 "d": "final",
-                "final": {
-                    "outputs": [
-                        {
-                            "host": "127.0.0.1",
-                            "port": redis_server.port,
-                            "queue_name": "final",
-                            "transport": "redis-stream",
-                        }
-                    ]
-                },
+                "final": {"outputs": [redis_stream_target(redis_server.port, "final")]},
             },
         }
     )
@@ -70,7 +49,7 @@ def test_four_block_graph_fan_out_and_mux_delivers_every_session_once(spawn, red
     errors = [r.error for r in results if not r.ok]
     assert not errors, errors[:3]
     assert sorted(r.session_id for r in results) == sorted(p.session_id for p in packets)
-    outputs = final_outputs(redis_server, "final")
+    outputs = stream_packets(redis_server.client(), "final")
     seen = Counter((p.session_id, p.seq_no) for p in outputs)
     assert set(seen) == {(f"s{i}", 1) for i in range(n)}
     assert max(seen.values()) == 1  # every session's final output exactly once
@@ -98,16 +77,7 @@ def test_chain_loses_nothing_when_the_middle_block_restarts(spawn, serve, redis_
             "graph": {
                 "a": {"outputs": [target(b.address, "b")]},
                 "b": {"outputs": [target(c.address, "c")]},
-                "c": {
-                    "outputs": [
-                        {
-                            "host": "127.0.0.1",
-                            "port": redis_server.port,
-                            "queue_name": "final",
-                            "transport": "redis-stream",
-                        }
-                    ]
-                },
+                "c": {"outputs": [redis_stream_target(redis_server.port, "final")]},
             },
         }
     )
@@ -131,7 +101,7 @@ def test_chain_loses_nothing_when_the_middle_block_restarts(spawn, serve, redis_
     assert done_before_restart < n, "b was killed after the run ended: nothing was tested"
     assert [r for r in results if not r.ok] == []
     assert len(results) == n
-    seen = Counter((p.session_id, p.seq_no) for p in final_outputs(redis_server, "final"))
+    seen = Counter((p.session_id, p.seq_no) for p in stream_packets(redis_server.client(), "final"))
     assert set(seen) == {(f"s{i}", 1) for i in range(n)}  # at least once, none lost
     link = a.server.router.grpc_links[b.address]
     assert link.resent > 0 and link.streams_opened >= 2  # a resent what b never answered

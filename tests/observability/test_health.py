@@ -7,7 +7,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -15,18 +14,10 @@ from aios_grpc_client import BlockClient, make_packet
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.blocks.basic import EchoBlock
+from tests.helpers import wait_for
 from tests.observability.blocks import StallBlock
 
 SERVICE = "aios.block.v1.BlockService"
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Watcher:

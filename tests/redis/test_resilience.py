@@ -9,7 +9,7 @@ from aios_grpc_client import BlockClient
 
 from aios_grpc._pb import pb
 from tests.blocks.graph import StageBlock
-from tests.redis.test_stream_ingress import add_packets, pending, result_sessions, wait_for
+from tests.helpers import add_packets, pending, result_sessions, wait_for
 
 
 def test_redis_restart_mid_run_loses_nothing(serve, redis_server) -> None:

@@ -5,36 +5,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
-from typing import Any
-
-import redis
 
 from aios_grpc._pb import pb
 from tests.blocks.graph import StageBlock
-
-
-def add_packets(client: redis.Redis, stream: str, n: int, *, prefix: str = "s", data: Any = None) -> None:
-    pipe = client.pipeline(transaction=False)
-    for i in range(n):
-        packet = pb.Packet(session_id=f"{prefix}{i}", seq_no=1, data=json.dumps(data or {"i": i}))
-        pipe.xadd(stream, {"packet": packet.SerializeToString()})
-    pipe.execute()
-
-
-def result_sessions(client: redis.Redis, stream: str) -> list[str]:
-    return [pb.Packet.FromString(fields[b"packet"]).session_id for _, fields in client.xrange(stream)]
-
-
-def wait_for(predicate: Any, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
-def pending(client: redis.Redis, stream: str, group: str) -> int:
-    return int(client.xpending(stream, group)["pending"])
+from tests.helpers import add_packets, pending, result_sessions, wait_for
 
 
 def test_entries_are_processed_answered_and_acknowledged(serve, redis_server) -> None:
