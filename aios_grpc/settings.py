@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 import uuid
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -194,8 +194,16 @@ def load_settings(**overrides: Any) -> Settings:
     Raises ``ConfigurationError`` naming each bad variable, instead of pydantic's
     ValidationError, so that start-up fails with one readable message.
     """
+    return build_settings(Settings, overrides)
+
+
+AnySettings = TypeVar("AnySettings", bound=BaseSettings)
+
+
+def build_settings(model: type[AnySettings], overrides: dict[str, Any]) -> AnySettings:
+    """``model(**overrides)``; a bad value is a one-line ``ConfigurationError`` naming its variable."""
     try:
-        return Settings(**overrides)
+        return model(**overrides)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
@@ -209,7 +217,7 @@ def load_settings(**overrides: Any) -> Settings:
         # or list field) does not parse; its message names the field, not the variable.
         found = re.search(r'field "(\w+)"', str(exc))
         field = found.group(1) if found else ""
-        env = _set_variable(field) if field else ""
+        env = _set_variable(model, field) if field else ""
         shown = f"={os.environ[env]!r}" if env in os.environ else ""
         reason = f": {exc.__cause__}" if exc.__cause__ else ""
         raise ConfigurationError(
@@ -217,9 +225,9 @@ def load_settings(**overrides: Any) -> Settings:
         ) from None
 
 
-def _set_variable(field: str) -> str:
+def _set_variable(model: type[BaseSettings], field: str) -> str:
     """The environment variable that set ``field`` (its AIOS_ name when none is set)."""
-    info = Settings.model_fields.get(field)
+    info = model.model_fields.get(field)
     alias = info.validation_alias if info is not None else None
     names = [c for c in alias.choices if isinstance(c, str)] if isinstance(alias, AliasChoices) else []
     for name in names:
@@ -228,4 +236,4 @@ def _set_variable(field: str) -> str:
     return f"AIOS_{field.upper()}"
 
 
-__all__ = ["Settings", "load_settings"]
+__all__ = ["Settings", "build_settings", "load_settings"]

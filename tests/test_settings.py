@@ -188,3 +188,27 @@ def test_the_configuration_reference_states_the_real_defaults(monkeypatch):
             if stated != actual:
                 wrong.append(f"AIOS_{row.group(1)}: docs say {stated!r}, Settings has {actual!r}")
     assert not wrong, wrong
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        (
+            {"AIOS_BLOCK_HEALTH_PORT": "x"},
+            "invalid settings: AIOS_BLOCK_HEALTH_PORT='x': Input should be a valid integer",
+        ),
+        (
+            {"AIOS_BLOCK_HEALTH_POLICIES": "[oops"},
+            "invalid settings: AIOS_BLOCK_HEALTH_POLICIES='[oops': not valid JSON",
+        ),
+    ],
+)
+def test_block_health_settings_errors_name_the_variable(monkeypatch, env, expected):
+    from aios_grpc.blockhealth import load_block_health_settings
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigurationError) as raised:
+        load_block_health_settings()
+    assert str(raised.value).startswith(expected)
+    assert "\n" not in str(raised.value)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from pydantic import AliasChoices, Field, ValidationError
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from aios_grpc.errors import ConfigurationError
+from aios_grpc.settings import build_settings
 
 
 def _env(name: str) -> AliasChoices:
@@ -38,15 +37,7 @@ class BlockHealthSettings(BaseSettings):
 
 def load_block_health_settings(**overrides: Any) -> BlockHealthSettings:
     """Settings from the environment with ``overrides`` on top; a bad value is a ``ConfigurationError``."""
-    try:
-        return BlockHealthSettings(**overrides)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            name = str(err["loc"][0]) if err["loc"] else "?"
-            env = f"AIOS_{name.upper()}"
-            problems.append(f"{env}={os.environ.get(env, err.get('input'))!r}: {err['msg']}")
-        raise ConfigurationError("invalid settings: " + "; ".join(problems)) from None
+    return build_settings(BlockHealthSettings, overrides)
 
 
 __all__ = ["BlockHealthSettings", "load_block_health_settings"]
