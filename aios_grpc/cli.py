@@ -71,7 +71,13 @@ def _block_health_server(args: argparse.Namespace) -> int:
         if getattr(args, arg) is not None:
             overrides[field] = getattr(args, arg)
     if args.policy:
-        overrides["block_health_policies"] = [json.loads(p) if p.lstrip().startswith("{") else p for p in args.policy]
+        policies: list[Any] = []
+        for text in args.policy:
+            try:
+                policies.append(json.loads(text) if text.lstrip().startswith("{") else text)
+            except ValueError as exc:
+                raise ConfigurationError(f"--policy {text!r} is not valid JSON: {exc}") from None
+        overrides["block_health_policies"] = policies
     settings = load_block_health_settings(**overrides)
     aggregator = Aggregator.from_settings(settings)
     try:

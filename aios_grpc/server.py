@@ -14,9 +14,11 @@ NOT_SERVING, no new streams are taken, in-flight packets are answered within
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from typing import Any
@@ -71,6 +73,7 @@ class BlockServer:
         self.control: ControlPlane | None = None
         self.port = 0
         self._server: grpc.aio.Server | None = None
+        self._serving = False  # the gRPC server started: a stop from now on is a drain
         self._stopped = asyncio.Event()
         self._stopping: asyncio.Task[None] | None = None
 
@@ -81,6 +84,12 @@ class BlockServer:
 
     async def start(self) -> None:
         """Bind, start serving (NOT_SERVING), initialise the block, then report SERVING."""
+        if self.settings.port and _address_in_use(self.settings.host, self.settings.port):
+            # Checked first so that the error is one line: grpc's own bind failure also
+            # logs from its C core, on stderr, where the user reads the error.
+            raise ConfigurationError(
+                f"cannot bind {self.settings.address}: address already in use (AIOS_PORT or --port; 0 picks a free one)"
+            )
         limit = self.settings.max_message_bytes
         server = grpc.aio.server(
             options=[
@@ -103,6 +112,7 @@ class BlockServer:
         await self.telemetry.start()
         await self.health.start()
         await server.start()
+        self._serving = True
         log.info(
             "listening on %s (block %s, instance %s)", self.address, self.settings.block_id, self.settings.instance_id
         )
@@ -158,6 +168,14 @@ class BlockServer:
         await asyncio.shield(self._stopping)
 
     async def _stop(self, grace_s: float | None) -> None:
+        if not self._serving:
+            # Start-up failed before the server took a call: nothing to drain or announce
+            # (the error that stopped it is the one line the user should read).
+            if self._server is not None:
+                await self._server.stop(0)
+            await self.telemetry.stop()
+            self._stopped.set()
+            return
         grace = self.settings.grace_period_s if grace_s is None else grace_s
         log.info("draining (grace period %.1fs)", grace)
         await self.health.drain()
@@ -248,6 +266,26 @@ class Block:
             await server.stop(0)
             raise
         await server.wait()
+
+
+def _address_in_use(host: str, port: int) -> bool:
+    """Whether every address ``host`` resolves to has ``port`` taken (False when unsure)."""
+    try:
+        infos = socket.getaddrinfo(host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError:
+        return False  # let grpc report what is wrong with the address
+    for family, kind, proto, _, sockaddr in infos:
+        with socket.socket(family, kind, proto) as probe:
+            # grpc's listeners use SO_REUSEADDR too: a port in TIME_WAIT is not "in use".
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(sockaddr)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    continue
+                return False
+            return False
+    return bool(infos)
 
 
 def configure_logging(level: str) -> None:

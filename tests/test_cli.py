@@ -95,9 +95,22 @@ def test_serve_on_a_port_in_use():
         taken.listen()
         port = taken.getsockname()[1]
         proc = aios("serve", "tests.blocks.basic:EchoBlock", "--port", str(port))
-    # gRPC's core and the server's log may print before it; the error is the last line.
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1].startswith(f"aios-grpc: cannot bind 127.0.0.1:{port}")
+    # One line: no gRPC core log, no drain log of a server that never served.
+    assert_one_line_error(proc, f"cannot bind 127.0.0.1:{port}: address already in use (AIOS_PORT")
+
+
+def test_serve_with_the_metrics_port_in_use():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = aios("serve", "tests.blocks.basic:EchoBlock", "--port", "0", env={"AIOS_METRICS_PORT": str(port)})
+    assert_one_line_error(proc, f"cannot serve metrics on 127.0.0.1:{port} (AIOS_METRICS_PORT)")
+
+
+def test_block_health_server_with_a_policy_that_is_not_json():
+    proc = aios("block-health-server", "--port", "0", "--policy", '{"class": oops}')
+    assert_one_line_error(proc, "--policy", "not valid JSON")
 
 
 def test_serve_the_example_file_answers_a_packet(spawn):
