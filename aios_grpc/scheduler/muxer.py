@@ -5,7 +5,7 @@ its N-th packet arrives the group becomes one job whose packet's ``data`` is
 ``{"inputs": [<data of each member>, ...]}`` in arrival order and whose files are
 the members' files concatenated.
 
-Who gets what (the rule, also in docs/configuration.md): partial outputs and the
+Who gets what (the rule, also in docs/scheduler.md): partial outputs and the
 terminal result with the output go to the member that completed the group (the
 N-th to arrive), unless the output is routed elsewhere by its ``output_ptr``, which
 is the completing member's. Every other member gets a terminal OK without output at
@@ -140,8 +140,7 @@ class MuxStage:
             f"{len(group.members)} of {self.n} packets arrived",
             stage="mux",
         )
-        for member in group.members:
-            self._answer(member, Result(Kind.ERROR, error=error))
+        self._fail(group, error)
 
     def flush(self, reason: str) -> None:
         """Answer every member of every open group UNAVAILABLE (used by drain)."""
@@ -156,8 +155,13 @@ class MuxStage:
                 f"{len(group.members)} of {self.n} packets",
                 stage="mux",
             )
-            for member in group.members:
-                self._answer(member, Result(Kind.ERROR, error=error))
+            self._fail(group, error)
+
+    def _fail(self, group: _Group, error: Exception) -> None:
+        """Answer every member of ``group`` with the same error."""
+        result = Result(Kind.ERROR, error=error)
+        for member in group.members:
+            self._answer(member, result)
 
     def info(self) -> dict[str, object]:
         """Settings as GetInfo reports them."""
