@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections import defaultdict
+from collections import deque
 
 
 class ListQueue(ABC):
@@ -22,17 +22,26 @@ class ListQueue(ABC):
 
 
 class MemoryListQueue(ListQueue):
-    """In-process queues, for running without Redis and for tests."""
+    """In-process queues, for running without Redis and for tests.
 
-    def __init__(self) -> None:
+    Nothing consumes them in a server without Redis, so each keeps only its newest
+    ``maxlen`` payloads: a block that pushes an event per packet must not grow the
+    process without bound.
+    """
+
+    def __init__(self, maxlen: int = 10_000) -> None:
+        self.maxlen = maxlen
         self._lock = threading.Lock()
-        self._queues: dict[str, list[str | bytes]] = defaultdict(list)
+        self._queues: dict[str, deque[str | bytes]] = {}
 
     def push(self, queue_name: str, payload: str | bytes) -> None:
         with self._lock:
-            self._queues[queue_name].append(payload)
+            queue = self._queues.get(queue_name)
+            if queue is None:
+                queue = self._queues[queue_name] = deque(maxlen=self.maxlen)
+            queue.append(payload)
 
     def items(self, queue_name: str) -> list[str | bytes]:
         """What was pushed to ``queue_name``, oldest first."""
         with self._lock:
-            return list(self._queues.get(queue_name, []))
+            return list(self._queues.get(queue_name, ()))

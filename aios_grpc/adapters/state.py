@@ -54,12 +54,34 @@ def dumps(value: Any) -> str:
 
 
 class MemoryStateStore(StateStore):
-    """State kept in this process, with the same JSON and TTL behaviour as Redis."""
+    """State kept in this process, with the same JSON and TTL behaviour as Redis.
+
+    Expired namespaces are dropped when read, and by a sweep that runs on a write at
+    most every ``SWEEP_INTERVAL_S``: sessions with a TTL that are never read again
+    (the common case) must not pile up.
+    """
+
+    SWEEP_INTERVAL_S = 1.0
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._data: dict[str, dict[str, str]] = {}
         self._expiry: dict[str, float] = {}
+        self._next_sweep = 0.0
+
+    def size(self) -> int:
+        """Namespaces held right now (expired ones not swept yet included)."""
+        with self._lock:
+            return len(self._data)
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + self.SWEEP_INTERVAL_S
+        for namespace in [n for n, until in self._expiry.items() if now >= until]:
+            self._data.pop(namespace, None)
+            self._expiry.pop(namespace, None)
 
     def _live(self, namespace: str) -> dict[str, str] | None:
         until = self._expiry.get(namespace)
@@ -75,6 +97,7 @@ class MemoryStateStore(StateStore):
 
     def set_raw(self, namespace: str, key: str, value: str) -> None:
         with self._lock:
+            self._sweep()
             ns = self._live(namespace)
             if ns is None:
                 ns = self._data[namespace] = {}
@@ -83,7 +106,12 @@ class MemoryStateStore(StateStore):
     def delete(self, namespace: str, key: str) -> bool:
         with self._lock:
             ns = self._live(namespace)
-            return ns is not None and ns.pop(key, None) is not None
+            found = ns is not None and ns.pop(key, None) is not None
+            if ns is not None and not ns:
+                # Like Redis, a namespace with no key left is gone (its TTL with it).
+                self._data.pop(namespace, None)
+                self._expiry.pop(namespace, None)
+            return found
 
     def items_raw(self, namespace: str) -> dict[str, str]:
         with self._lock:
