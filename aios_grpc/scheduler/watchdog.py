@@ -40,9 +40,14 @@ def _is_user_frame(frame: FrameType) -> bool:
 
 
 def user_frame(frame: FrameType | None) -> FrameType | None:
-    """The innermost frame of user code on the stack that ends in ``frame``."""
+    """The innermost frame of user code on the stack that ends in ``frame``.
+
+    The bottom frame (the program's script, which only started the loop) does not
+    count: when the loop is busy in the SDK or a library, that frame is the innermost
+    frame itself rather than the script that called ``asyncio.run``.
+    """
     innermost = frame
-    while frame is not None:
+    while frame is not None and frame.f_back is not None:
         if _is_user_frame(frame):
             return frame
         frame = frame.f_back
@@ -120,13 +125,19 @@ class LoopWatchdog:
             return
         self.reported.add(key)
         stack = "".join(traceback.format_stack(site, limit=6))
+        if _is_user_frame(site):
+            hint = (
+                "a blocking call inside async def? Make the method a plain def (it then runs in the "
+                "worker threads) or wrap the call in `await asyncio.to_thread(...)`"
+            )
+        else:
+            hint = "not in block code (the SDK or a library held the loop; a busy or starved CPU?)"
         log.warning(
-            "event loop blocked for %.2fs or more at %s:%d in %s(): a blocking call inside async def? "
-            "Make the method a plain def (it then runs in the worker threads) or wrap the call in "
-            "`await asyncio.to_thread(...)`. Stack:\n%s",
+            "event loop blocked for %.2fs or more at %s:%d in %s(): %s. Stack:\n%s",
             stalled,
             key[0],
             key[1],
             site.f_code.co_name,
+            hint,
             stack,
         )

@@ -47,3 +47,38 @@ def test_watchdog_is_quiet_for_plain_blocking_methods(serve, caplog):
             assert client.run({"sleep": 0.4}, timeout=10).ok
     assert not [r for r in caplog.records if r.name == "aios_grpc.watchdog"]
     assert served.server.scheduler.watchdog.max_lag_s < 0.3
+
+
+def test_a_stall_outside_user_code_does_not_blame_the_entry_script(tmp_path):
+    import subprocess
+    import sys
+
+    from aios_grpc.scheduler import watchdog
+
+    # The stalling function's file is inside the SDK's folder; the only user frame on the
+    # stack is the script at the bottom, which merely called asyncio.run().
+    sdk_file = f"{watchdog._SDK_DIR}/stalls_here.py"
+    script = tmp_path / "entry_script.py"
+    sdk_code = (
+        "import asyncio, time\n"
+        "from aios_grpc.scheduler.watchdog import LoopWatchdog\n"
+        "async def main():\n"
+        "    dog = LoopWatchdog(0.1)\n"
+        "    dog.start()\n"
+        "    await asyncio.sleep(0.1)\n"
+        "    time.sleep(0.6)\n"
+        "    await dog.stop()\n"
+    )
+    script.write_text(
+        "import asyncio, logging\n"
+        "logging.basicConfig(level=logging.WARNING)\n"
+        "ns = {}\n"
+        f"exec(compile({sdk_code!r}, {sdk_file!r}, 'exec'), ns)\n"
+        "asyncio.run(ns['main']())\n"
+    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert "event loop blocked" in proc.stderr
+    first = proc.stderr.split("Stack:")[0]
+    assert "entry_script.py" not in first, proc.stderr
+    assert "stalls_here.py" in first and "not in block code" in first
