@@ -75,6 +75,10 @@ class GrpcLink:
         )
         self._stub = pb_grpc.BlockServiceStub(self._channel)
         self._backlog: deque[_Send] = deque()
+        # Sent on the current stream and not answered yet, and answered retryable and
+        # waiting to be resent: close() must answer these too, or their callers wait forever.
+        self._waiting: dict[tuple[str, int], deque[_Send]] = {}
+        self._parked: set[_Send] = set()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -107,6 +111,10 @@ class GrpcLink:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
         self._fail_all(self._backlog, "the router is closing")
+        self._fail_all([s for queue in self._waiting.values() for s in queue], "the router is closing")
+        self._fail_all(list(self._parked), "the router is closing")
+        self._waiting = {}
+        self._parked.clear()
         await self._channel.close(None)
 
     # -- the link's task -------------------------------------------------------------
@@ -122,6 +130,7 @@ class GrpcLink:
                 await self._wake.wait()
                 continue
             waiting: dict[tuple[str, int], deque[_Send]] = {}
+            self._waiting = waiting
             answered = await self._stream(waiting)
             if answered:
                 failures = 0
@@ -241,6 +250,7 @@ class GrpcLink:
                     # The downstream is draining or full: send again after a pause.
                     delay = self.backoff.delay(item.attempts)
                     item.parked = True
+                    self._parked.add(item)
                     loop.call_later(delay, self._requeue, item)
                     continue
                 if not item.future.done():
@@ -248,6 +258,7 @@ class GrpcLink:
 
     def _requeue(self, item: _Send) -> None:
         item.parked = False
+        self._parked.discard(item)
         if item.future.done() or self._closed:
             return
         self.resent += 1
@@ -272,7 +283,7 @@ class GrpcLink:
                 keep.append(item)
         self._backlog = keep
 
-    def _fail_all(self, items: deque[_Send], why: str) -> None:
+    def _fail_all(self, items: deque[_Send] | list[_Send], why: str) -> None:
         for item in items:
             if not item.future.done():
                 item.future.set_exception(LinkUnavailable(f"target {self.address}: {why}"))
