@@ -30,9 +30,17 @@ class Muxer:
     def __init__(self, N: int = 1, timeout_s: float | None = None, max_open_groups: int | None = None) -> None:
         if int(N) < 1:
             raise ValueError(f"Muxer N must be 1 or more, got {N}")
+        # Checked here: a zero or negative value would evict every group at once or refuse
+        # every packet, far from the line that set it.
+        if timeout_s is not None and not float(timeout_s) > 0:
+            raise ValueError(f"Muxer timeout_s must be more than 0 (or None for AIOS_MUX_TIMEOUT_S), got {timeout_s}")
+        if max_open_groups is not None and int(max_open_groups) < 1:
+            raise ValueError(
+                f"Muxer max_open_groups must be 1 or more (or None for AIOS_MUX_MAX_OPEN_GROUPS), got {max_open_groups}"
+            )
         self.N = int(N)
-        self.timeout_s = timeout_s
-        self.max_open_groups = max_open_groups
+        self.timeout_s = None if timeout_s is None else float(timeout_s)
+        self.max_open_groups = None if max_open_groups is None else int(max_open_groups)
 
 
 class Batcher:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
 import grpc
+import pytest
 from aios_grpc_client import BlockClient, make_packet
 
 from tests.scheduler.blocks import MuxBlock
@@ -142,3 +144,22 @@ def test_telemetry_sees_open_groups_rise_and_fall_on_eviction():
             results = list(client.process(packets, timeout=20))
     assert all(r.error.code == grpc.StatusCode.DEADLINE_EXCEEDED for r in results)
     assert max(telemetry.seen) == 2 and telemetry.seen[-1] == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"N": 0}, "Muxer N must be 1 or more, got 0"),
+        ({"N": 2, "timeout_s": -1}, "Muxer timeout_s must be more than 0 (or None for AIOS_MUX_TIMEOUT_S), got -1"),
+        ({"N": 2, "timeout_s": 0}, "Muxer timeout_s must be more than 0"),
+        (
+            {"N": 2, "max_open_groups": 0},
+            "Muxer max_open_groups must be 1 or more (or None for AIOS_MUX_MAX_OPEN_GROUPS)",
+        ),
+    ],
+)
+def test_a_muxer_with_a_bad_setting_fails_when_built(kwargs, message):
+    from aios_grpc import Muxer
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Muxer(**kwargs)
