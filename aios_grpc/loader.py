@@ -21,12 +21,22 @@ def load_block_class(ref: str) -> type[Any]:
             path = Path(module_name)
             if not path.is_file():
                 raise BlockLoadError(f"cannot import {ref!r}: file {module_name} does not exist")
-            spec = importlib.util.spec_from_file_location(path.stem, path)
+            name = path.stem
+            loaded = getattr(sys.modules.get(name), "__file__", None)
+            if name in sys.modules and (loaded is None or Path(loaded).resolve() != path.resolve()):
+                # A file named like a module already imported (json.py, redis.py) must not
+                # replace it: the SDK and the block itself still import the real one.
+                name = f"aios_block_file_{path.stem}"
+            spec = importlib.util.spec_from_file_location(name, path)
             if spec is None or spec.loader is None:
                 raise BlockLoadError(f"cannot import {ref!r}: {module_name} is not a Python file")
             module = importlib.util.module_from_spec(spec)
-            sys.modules[path.stem] = module
-            spec.loader.exec_module(module)
+            sys.modules[name] = module
+            try:
+                spec.loader.exec_module(module)
+            except BaseException:
+                sys.modules.pop(name, None)
+                raise
         else:
             if "" not in sys.path and "." not in sys.path:
                 sys.path.insert(0, "")  # `aios-grpc serve mymodule:Block` from the block's folder
