@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from collections import Counter
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 from redis.exceptions import ResponseError as RedisResponseError
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
     from aios_grpc.settings import Settings
 
 log = logging.getLogger("aios_grpc.routing")
+
+_Link = TypeVar("_Link", GrpcLink, RedisLink)
 
 
 class DownstreamError(PacketError):
@@ -64,8 +67,14 @@ class GraphRouter(Router):
         self.retry_timeout_s = retry_timeout_s
         self.answer_timeout_s = answer_timeout_s
         self.max_message_bytes = max_message_bytes
+        # Pooled links by address, least recently used first. A pointer may name any
+        # address the allow-list matches (``10.0.*:50051``), so past ``max_links`` of a
+        # kind the oldest idle link is closed instead of keeping one per address forever.
         self.grpc_links: dict[str, GrpcLink] = {}
         self.redis_links: dict[str, RedisLink] = {}
+        self.max_links = 256
+        self._in_use: Counter[int] = Counter()  # id(link) -> sends in progress
+        self._closing: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> GraphRouter:
@@ -114,13 +123,21 @@ class GraphRouter(Router):
         assert isinstance(msg, pb.Packet)
         try:
             if target.transport != GRPC:
+                redis_link = self._redis(target)
+                self._in_use[id(redis_link)] += 1
                 try:
-                    await self._redis(target).push(target.transport, target.queue_name, msg.SerializeToString())
+                    await redis_link.push(target.transport, target.queue_name, msg.SerializeToString())
                 except RedisResponseError as exc:  # e.g. WRONGTYPE: the queue is another kind of key
                     raise InvalidPacket(f"target {target.describe()} refused the push: {exc}", stage="route") from None
+                finally:
+                    self._release(redis_link)
                 return None
             link = self._grpc(target)
-            result = await asyncio.wait_for(link.send(msg), self.retry_timeout_s + self.answer_timeout_s)
+            self._in_use[id(link)] += 1
+            try:
+                result = await asyncio.wait_for(link.send(msg), self.retry_timeout_s + self.answer_timeout_s)
+            finally:
+                self._release(link)
         except LinkUnavailable as exc:
             raise Unavailable(str(exc), stage="route") from None
         except TimeoutError:
@@ -138,20 +155,48 @@ class GraphRouter(Router):
         return packet_from_proto(result.output) if result.HasField("output") else None
 
     def _grpc(self, target: Target) -> GrpcLink:
-        link = self.grpc_links.get(target.address)
+        link = self.grpc_links.pop(target.address, None)
         if link is None:
-            link = self.grpc_links[target.address] = GrpcLink(
+            self._evict(self.grpc_links)
+            link = GrpcLink(
                 target.address, self.backoff, self.retry_timeout_s, max_message_bytes=self.max_message_bytes
             )
+        self.grpc_links[target.address] = link  # now the most recently used
         return link
 
     def _redis(self, target: Target) -> RedisLink:
-        link = self.redis_links.get(target.address)
+        link = self.redis_links.pop(target.address, None)
         if link is None:
-            link = self.redis_links[target.address] = RedisLink(
-                target.host, target.port, self.backoff, self.retry_timeout_s
-            )
+            self._evict(self.redis_links)
+            link = RedisLink(target.host, target.port, self.backoff, self.retry_timeout_s)
+        self.redis_links[target.address] = link
         return link
+
+    def _release(self, link: GrpcLink | RedisLink) -> None:
+        self._in_use[id(link)] -= 1
+        if self._in_use[id(link)] <= 0:
+            del self._in_use[id(link)]
+
+    def _evict(self, links: dict[str, _Link]) -> None:
+        """Close the least recently used idle links until there is room for one more."""
+        for address in list(links):
+            if len(links) < self.max_links:
+                return
+            link = links[address]
+            if self._in_use[id(link)] > 0:
+                continue  # busy: a send is waiting on it
+            del links[address]
+            self._in_use.pop(id(link), None)
+            task = asyncio.create_task(self._close_link(link))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    @staticmethod
+    async def _close_link(link: GrpcLink | RedisLink) -> None:
+        try:
+            await link.close()
+        except Exception as exc:
+            log.warning("closing link %s failed: %s", link.address, exc)
 
     async def close(self) -> None:
         """Close every link (packets still waiting are answered UNAVAILABLE)."""
@@ -159,10 +204,9 @@ class GraphRouter(Router):
         self.grpc_links.clear()
         self.redis_links.clear()
         for link in links:
-            try:
-                await link.close()
-            except Exception as exc:
-                log.warning("closing link %s failed: %s", link.address, exc)
+            await self._close_link(link)
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
 
 
 __all__ = ["DownstreamError", "GraphRouter"]
