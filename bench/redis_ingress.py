@@ -21,17 +21,15 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "generated"), str(ROOT / "clients" / "python"), str(ROOT)]
+sys.path[:0] = [str(Path(__file__).resolve().parent)]
 
 import redis  # noqa: E402
+from _harness import start_block  # noqa: E402
 from aios.block.v1 import block_pb2 as pb  # noqa: E402
 
 from aios_grpc.adapters.redis_local import LocalRedis  # noqa: E402
@@ -102,36 +100,14 @@ def run_raw(server: LocalRedis, n: int) -> float:
 
 def run_block(server: LocalRedis, n: int) -> float:
     client = server.client()
-    env = {
-        **os.environ,
-        "AIOS_BLOCK_ID": "blk",
-        "AIOS_PORT": "0",
-        "AIOS_HOST": "127.0.0.1",
-        "AIOS_METRICS_PORT": "0",
-        "AIOS_REDIS_URL": server.url,
-        "AIOS_REDIS_INGRESS_STREAM": "jobs",
-        "AIOS_REDIS_BATCH": str(BATCH),
-        "AIOS_LOG_LEVEL": "INFO",
-        "PYTHONPATH": os.pathsep.join([str(ROOT), env_path()]),
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "aios_grpc", "serve", f"{Path(__file__).resolve()}:NoopBlock"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    proc, _ = start_block(
+        f"{Path(__file__).resolve()}:NoopBlock",
+        AIOS_BLOCK_ID="blk",
+        AIOS_REDIS_URL=server.url,
+        AIOS_REDIS_INGRESS_STREAM="jobs",
+        AIOS_REDIS_BATCH=str(BATCH),
     )
     try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if "is ready" in line:
-                break
-            if not line and proc.poll() is not None:
-                raise SystemExit("the block server did not start")
-        # Keep reading its log so that a chatty server never blocks on a full pipe.
-        threading.Thread(target=proc.stdout.read, daemon=True).start()
         for _ in range(3000):  # the group exists once the ingress started (bounded wait)
             if client.exists("jobs") and any(g["name"] == b"blk" for g in client.xinfo_groups("jobs")):
                 break
@@ -146,10 +122,6 @@ def run_block(server: LocalRedis, n: int) -> float:
             proc.wait(15)
         except subprocess.TimeoutExpired:
             proc.kill()
-
-
-def env_path() -> str:
-    return os.environ.get("PYTHONPATH", "")
 
 
 def main() -> None:
