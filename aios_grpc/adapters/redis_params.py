@@ -1,11 +1,26 @@
 """``ParameterBroadcast``: SetParameters on one instance reaches ``on_update`` on all of them.
 
-An instance that applied parameters publishes them on the Redis channel
-``<prefix>:params:<block_id>``; every other instance of the block applies what it
-hears (not publishing again). The original SDK's ``PARAMETER_UPDATES`` list is
-honoured too: whichever instance pops an update (a JSON object) applies it and
-broadcasts it. Updates that fail on an instance are logged there; the caller of
-SetParameters saw its own instance's answer.
+Updates are durable, so an instance that was cut off from Redis, or started later,
+still gets them:
+
+- An instance that applied parameters appends them to the Redis Stream
+  ``<prefix>:params:<block_id>`` (``XADD ... MAXLEN ~ 1000``, fields ``origin`` and
+  ``params``) and, in the same transaction, merges them into the hash
+  ``<prefix>:params:<block_id>:current`` (one field per top-level key, JSON values):
+  the block's current parameters.
+- Every instance reads the stream from the last id it saw and applies the entries of
+  other instances in order. After a lost connection it goes on from that id, so
+  updates sent meanwhile are applied once it is back.
+- On start an instance applies the current parameters (the hash) and reads the stream
+  from the id taken in the same transaction. If entries it never read were trimmed
+  away (it was gone for more than ~1000 updates), it applies the hash again.
+- Updates applied while Redis is unreachable are kept (up to 1000) and written when it
+  is back; ``publish`` waits for the write at most a second.
+- The original SDK's ``PARAMETER_UPDATES`` list is honoured: whichever instance pops
+  an update (a JSON object) applies it and broadcasts it.
+
+Updates that fail on an instance are logged there; the caller of SetParameters saw
+its own instance's answer.
 """
 
 from __future__ import annotations
@@ -14,18 +29,31 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger("aios_grpc.parameters")
 
 Apply = Callable[[dict[str, Any]], Awaitable[Any]]
 
+# Entries the stream keeps: enough for an instance that was away a while to catch up
+# entry by entry; one away longer applies the current parameters instead.
+MAX_LEN = 1000
+# Updates kept while Redis is unreachable; past this the oldest are dropped (logged),
+# though the current parameters still reach a later instance through a later update.
+MAX_OUTBOX = 1000
+# Errors after which the same command may work again (a restart, a network blip).
+TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
+
 
 class ParameterBroadcast:
-    """Publishes applied parameters and applies those published by other instances."""
+    """Writes applied parameters to a Redis Stream and applies those of other instances."""
 
     def __init__(
         self,
@@ -37,61 +65,160 @@ class ParameterBroadcast:
         updates_list: str = "PARAMETER_UPDATES",
     ) -> None:
         self.client = aioredis.Redis.from_url(url, socket_connect_timeout=2.0)
-        self.channel = f"{prefix}:params:{block_id}"
+        self.stream = f"{prefix}:params:{block_id}"
+        self.current = f"{prefix}:params:{block_id}:current"
         self.instance_id = instance_id
         self.updates_list = updates_list
         self.applied_remote = 0
+        self.last_id: bytes | None = None  # None: not synced with Redis yet
+        self._seen = 0  # stream entries up to last_id (XINFO's entries-added), to notice trimming
         self._apply: Apply | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._subscribed = asyncio.Event()
+        self._outbox: deque[tuple[dict[str, Any], asyncio.Future[None]]] = deque()
+        self._outbox_ready = asyncio.Event()
+        self._outbox_drained = asyncio.Event()
+        self._synced = asyncio.Event()
+        # Loops also check this: redis-py can swallow a cancellation that lands as a
+        # blocking read times out, and the task would then read on for ever.
+        self._closing = False
 
     async def start(self, apply: Apply) -> None:
-        """Start listening; ``apply(params)`` applies without publishing again."""
+        """Apply the current parameters, then start following updates.
+
+        ``apply(params)`` applies without broadcasting again. Waits at most two seconds
+        for Redis: while it is unreachable, start-up goes on and the listener catches up
+        once it is back.
+        """
         self._apply = apply
         self._tasks.append(asyncio.create_task(self._listen(), name="aios-params-listen"))
+        self._tasks.append(asyncio.create_task(self._send(), name="aios-params-send"))
         if self.updates_list:
             self._tasks.append(asyncio.create_task(self._pop_updates(), name="aios-params-list"))
-        # Wait (bounded) for the subscription, so an update published right after start is
-        # heard; with Redis down, start-up goes on and the listener keeps retrying.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._subscribed.wait(), 2.0)
+            await asyncio.wait_for(self._synced.wait(), 2.0)
 
     async def publish(self, params: dict[str, Any]) -> None:
-        """Tell the other instances to apply ``params`` (errors are logged, not raised)."""
-        message = json.dumps({"origin": self.instance_id, "params": params})
+        """Broadcast ``params`` to every instance, now and to come (errors are logged, not raised).
+
+        Returns once Redis has the update, or after a second while Redis is unreachable
+        (the update is written when it is back).
+        """
+        if len(self._outbox) >= MAX_OUTBOX:
+            dropped, dropped_waiter = self._outbox.popleft()
+            if not dropped_waiter.done():
+                dropped_waiter.set_result(None)
+            log.error("parameter outbox full (Redis unreachable); dropped the update %.200s", json.dumps(dropped))
+        waiter = asyncio.get_running_loop().create_future()
+        self._outbox.append((params, waiter))
+        self._outbox_drained.clear()
+        self._outbox_ready.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(waiter), 1.0)
+
+    # -- writing ---------------------------------------------------------------------
+
+    async def _send(self) -> None:
+        failures = 0
+        while not self._closing:
+            await self._outbox_ready.wait()
+            if not self._outbox:
+                self._outbox_ready.clear()
+                continue
+            params, waiter = self._outbox[0]
+            try:
+                await self._write(params)
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except TRANSIENT as exc:
+                failures += 1
+                await _pause(failures, f"broadcasting parameters on {self.stream}", exc)
+                continue
+            except Exception as exc:
+                # Not retryable (a key of the wrong type...): this update is not broadcast.
+                log.error("parameter broadcast on %s failed: %s: %s", self.stream, type(exc).__name__, exc)
+            if self._outbox and self._outbox[0][1] is waiter:
+                self._outbox.popleft()
+            if not self._outbox:
+                self._outbox_drained.set()
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _write(self, params: dict[str, Any]) -> None:
+        message = {"origin": self.instance_id, "params": json.dumps(params)}
+        pipe = self.client.pipeline(transaction=True)
+        if params:
+            pipe.hset(self.current, mapping={k: json.dumps(v) for k, v in params.items()})
+        pipe.xadd(self.stream, message, maxlen=MAX_LEN, approximate=True)  # type: ignore[arg-type]
+        await pipe.execute()
+
+    # -- reading ---------------------------------------------------------------------
+
+    async def _sync(self) -> None:
+        """Apply the current parameters and read the stream from the id taken with them."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hgetall(self.current)
+        pipe.xrevrange(self.stream, count=1)
+        # XINFO on a missing stream is an error; in a transaction it only fails its own reply.
+        pipe.xinfo_stream(self.stream)
+        current, last, info = await pipe.execute(raise_on_error=False)
+        if isinstance(current, Exception):
+            raise current
+        self.last_id = last[0][0] if isinstance(last, list) and last else b"0-0"
+        self._seen = int(info["entries-added"]) if isinstance(info, dict) else 0
+        params: dict[str, Any] = {}
+        for key, value in (current or {}).items():
+            try:
+                params[key.decode()] = json.loads(value)
+            except (ValueError, UnicodeDecodeError) as exc:
+                log.error("%s: parameter %r is not JSON: %s", self.current, key, exc)
+        if params:
+            await self._apply_logged(params, self.current)
+        self._synced.set()  # start() returns with the current parameters applied
+
+    async def _missed_entries(self) -> bool:
+        """Whether entries after ``last_id`` were trimmed away while this instance was gone."""
         try:
-            await self.client.publish(self.channel, message)
-        except Exception as exc:
-            log.error("parameter broadcast on %s failed: %s", self.channel, exc)
+            info = await self.client.xinfo_stream(self.stream)
+        except ResponseError:
+            return False  # no stream (yet, or Redis lost its data): nothing to miss
+        return int(info["entries-added"]) - int(info["length"]) > self._seen
 
     async def _listen(self) -> None:
         failures = 0
-        while True:
-            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        resync = True
+        while not self._closing:
             try:
-                await pubsub.subscribe(self.channel)
-                self._subscribed.set()
+                if self.last_id is None:
+                    await self._sync()
+                elif resync and await self._missed_entries():
+                    log.warning("%s: updates were trimmed while this instance was away; re-applying", self.stream)
+                    await self._sync()
+                resync = False
+                assert self.last_id is not None
+                reply: Any = await self.client.xread({self.stream: self.last_id}, count=100, block=1000)
                 failures = 0
-                while True:
-                    msg = await pubsub.get_message(timeout=1.0)
-                    if msg is not None:
-                        await self._on_message(msg.get("data"))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 failures += 1
-                log.warning("parameter channel %s: %s; resubscribing", self.channel, exc)
-                await asyncio.sleep(min(2.0, 0.1 * 2**failures))
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                resync = True
+                if not isinstance(exc, TRANSIENT):
+                    log.error("reading parameter updates on %s failed: %s: %s", self.stream, type(exc).__name__, exc)
+                await _pause(failures, f"reading parameter updates on {self.stream}", exc)
+                continue
+            for _, entries in reply or []:
+                for entry_id, fields in entries:
+                    self.last_id = entry_id
+                    self._seen += 1
+                    await self._on_entry(fields)
 
-    async def _on_message(self, data: Any) -> None:
+    async def _on_entry(self, fields: dict[bytes, bytes]) -> None:
         try:
-            message = json.loads(data)
-            origin, params = message["origin"], message["params"]
-        except (ValueError, TypeError, KeyError) as exc:
-            log.error("bad parameter broadcast on %s: %s", self.channel, exc)
+            origin = fields[b"origin"].decode()
+            params = json.loads(fields[b"params"])
+        except (ValueError, KeyError, UnicodeDecodeError) as exc:
+            log.error("bad parameter update on %s: %s", self.stream, exc)
             return
         if origin == self.instance_id or self._apply is None:
             return
@@ -107,7 +234,7 @@ class ParameterBroadcast:
 
     async def _pop_updates(self) -> None:
         failures = 0
-        while True:
+        while not self._closing:
             try:
                 item = await self.client.brpop([self.updates_list], timeout=1)
                 failures = 0
@@ -115,8 +242,7 @@ class ParameterBroadcast:
                 raise
             except Exception as exc:
                 failures += 1
-                log.warning("reading %s failed: %s", self.updates_list, exc)
-                await asyncio.sleep(min(2.0, 0.1 * 2**failures))
+                await _pause(failures, f"reading {self.updates_list}", exc)
                 continue
             if item is None:
                 continue
@@ -130,14 +256,26 @@ class ParameterBroadcast:
                 await self.publish(params)
 
     async def close(self) -> None:
-        """Stop listening and close the connection."""
+        """Stop listening, give unsent updates a last short try, close the connection."""
+        if self._outbox:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._outbox_drained.wait(), 1.0)
+        self._closing = True
+        self._outbox_ready.set()
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._tasks:
+            # Bounded: a task whose cancellation was swallowed ends at its next loop check.
+            await asyncio.wait(self._tasks, timeout=3.0)
         self._tasks = []
         await self.client.aclose()
 
 
-__all__ = ["ParameterBroadcast"]
+async def _pause(failures: int, what: str, exc: BaseException) -> None:
+    """Sleep a capped exponential delay after ``failures`` errors in a row (logged now and then)."""
+    if failures == 1 or failures % 20 == 0:
+        log.warning("%s: %s (retrying, %d failures in a row)", what, exc, failures)
+    await asyncio.sleep(min(2.0, 0.05 * 2 ** min(failures, 10)))
+
+
+__all__ = ["MAX_LEN", "ParameterBroadcast"]
