@@ -116,6 +116,7 @@ class RedisRuntime:
                     block_s=s.redis_block_ms / 1000,
                     heartbeat_s=s.redis_claim_idle_s,
                     max_in_flight=min(s.max_queued, 2 * s.redis_batch),
+                    max_deliveries=s.redis_max_deliveries,
                 )
             )
         for ingress in self.ingresses:

@@ -9,12 +9,19 @@ an instance whose heartbeat expired is moved back onto the queue by whichever
 instance notices first. Items are protobuf ``Packet`` bytes, as the original
 pushes them. A packet answered with a retryable error goes back onto the queue;
 one answered with another error goes to the dead-letter list with its error.
+
+Deliveries are counted per item in the hash ``<queue>:deliveries`` (field: a hash of
+the item's bytes), counted when an instance takes the item, so a packet that keeps
+failing with a retryable error, or keeps killing the instance that runs it, goes to
+the dead-letter list once it was taken more than ``max_deliveries`` times. The field
+is removed when the item is finished. Identical items share a count.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 from collections.abc import Callable
@@ -44,6 +51,7 @@ class ListIngress:
         block_s: float = 1.0,
         heartbeat_s: float = 10.0,
         max_in_flight: int = 1000,
+        max_deliveries: int = 5,
     ) -> None:
         self.client = client
         self.scheduler = scheduler
@@ -52,6 +60,8 @@ class ListIngress:
         self.processing = f"{queue}:processing:{consumer}"
         self.alive = f"{queue}:alive:{consumer}"
         self.dead_letter = dead_letter or f"{queue}:dead"
+        self.deliveries = f"{queue}:deliveries"
+        self.max_deliveries = max_deliveries
         self.block_s = block_s
         self.heartbeat_s = heartbeat_s
         self.window = asyncio.Semaphore(max_in_flight)
@@ -164,12 +174,34 @@ class ListIngress:
             self.in_flight += 1
             self._idle.clear()
             raw = bytes(item) if not isinstance(item, str) else item.encode()
+            delivered = await self._count_delivery(raw)
+            if delivered > self.max_deliveries:
+                error = PacketError(
+                    f"delivered {delivered} times (AIOS_REDIS_MAX_DELIVERIES={self.max_deliveries})",
+                    stage="queue",
+                    retryable=False,
+                )
+                self._finish.put_nowait((raw, Result(Kind.ERROR, error=error)))
+                continue
             try:
                 packet = decode_packet(raw)
             except PacketError as exc:
                 self._finish.put_nowait((raw, Result(Kind.ERROR, error=exc)))
                 continue
             await self.scheduler.submit(Job(packet, self._replier(raw), source="redis-list"))
+
+    async def _count_delivery(self, raw: bytes) -> int:
+        """This delivery's number for ``raw`` (1 when Redis cannot say: the item is processed)."""
+        for failures in range(1, 6):
+            try:
+                return int(await self.client.hincrby(self.deliveries, _item_key(raw), 1))
+            except TRANSIENT as exc:
+                # Already in our processing list: it is ours to finish, counted or not.
+                await pause(failures, f"counting a delivery on {self.deliveries}", exc)
+            except Exception as exc:
+                log.error("counting a delivery on %s failed: %s: %s", self.deliveries, type(exc).__name__, exc)
+                break
+        return 1
 
     def _replier(self, raw: bytes) -> Callable[[Result], None]:
         return lambda result: self._answered(raw, result)
@@ -204,8 +236,11 @@ class ListIngress:
     async def _complete(self, raw: bytes, result: Result) -> None:
         pipe = self.client.pipeline(transaction=True)
         pipe.lrem(self.processing, -1, raw)  # type: ignore[arg-type]
+        retryable = result.error is not None and status_of(result.error)[1]
+        if not retryable:
+            pipe.hdel(self.deliveries, _item_key(raw))
         if result.error is not None:
-            code, retryable = status_of(result.error)
+            code, _ = status_of(result.error)
             if retryable:
                 pipe.lpush(self.queue, raw)
             else:
@@ -246,6 +281,11 @@ class ListIngress:
                 continue
             if not await self.client.exists(f"{self.queue}:alive:{consumer}"):
                 self.recovered += await self._requeue(name.decode())
+
+
+def _item_key(raw: bytes) -> str:
+    """The field of an item in the delivery-count hash (items can be large; this is short)."""
+    return hashlib.blake2b(raw, digest_size=16).hexdigest()
 
 
 __all__ = ["ListIngress"]
