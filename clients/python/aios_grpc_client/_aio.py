@@ -12,6 +12,7 @@ from grpc_health.v1 import health_pb2_grpc
 
 from aios_grpc_client._types import (
     DEFAULT_COALESCE,
+    DEFAULT_MAX_PENDING,
     END,
     Metadata,
     PacketLike,
@@ -126,14 +127,21 @@ class AsyncBlockClient:
         raise RuntimeError("stream ended without a terminal result")
 
     def stream(
-        self, *, timeout: float | None = None, coalesce: int = 0, coalesce_window_s: float = 0.0
+        self,
+        *,
+        timeout: float | None = None,
+        coalesce: int = 0,
+        coalesce_window_s: float = 0.0,
+        max_pending: int = DEFAULT_MAX_PENDING,
     ) -> AsyncProcessStream:
         """An open Process stream to ``send`` packets on and read ``results`` from.
 
         With ``coalesce_window_s=W``, packets sent within W seconds of each other go in
-        one request message (at most ``coalesce``, 256 by default).
+        one request message (at most ``coalesce``, 256 by default). ``send`` waits while
+        ``max_pending`` packets are queued unsent (the server is behind): read
+        ``results()`` in another task when sending more than that.
         """
-        return AsyncProcessStream(self._stub, self.metadata, timeout, coalesce, coalesce_window_s)
+        return AsyncProcessStream(self._stub, self.metadata, timeout, coalesce, coalesce_window_s, max_pending)
 
     async def set_parameters(self, parameters: Mapping[str, Any], *, timeout: float | None = None) -> dict[str, Any]:
         """Apply parameters; returns ``{"applied": {...}, "parameters": {...}}``."""
@@ -166,8 +174,10 @@ class AsyncProcessStream:
         timeout: float | None,
         coalesce: int = 0,
         coalesce_window_s: float = 0.0,
+        max_pending: int = DEFAULT_MAX_PENDING,
     ) -> None:
-        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        # Bounded, so that a sender faster than the server waits in send() (flow control).
+        self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=max(1, max_pending))
         self._window = coalesce_window_s > 0
         requests = async_window_requests(self._queue, coalesce, coalesce_window_s) if self._window else self._requests()
         self._call = stub.Process(requests, timeout=timeout, metadata=metadata)
@@ -180,17 +190,28 @@ class AsyncProcessStream:
                 return
             yield item
 
+    async def _put(self, item: Any) -> bool:
+        """Queue ``item``, waiting while the queue is full; False when the stream ended."""
+        while True:
+            try:
+                await asyncio.wait_for(self._queue.put(item), 0.1)
+                return True
+            except TimeoutError:
+                if self._call.done():
+                    return False
+
     async def send(self, packet: pb.Packet | list[pb.Packet]) -> None:
-        """Send one packet, or several in one request message."""
+        """Send one packet, or several in one request message; waits while the server is behind."""
         if self._closed:
             raise RuntimeError("stream is closed for sending")
-        await self._queue.put(send_item(packet, self._window))
+        if not await self._put(send_item(packet, self._window)):
+            raise RuntimeError("stream has ended; read results() for why")
 
     async def close(self) -> None:
         """Half-close: results keep coming until every packet is answered."""
         if not self._closed:
             self._closed = True
-            await self._queue.put(END if self._window else _CLOSE)
+            await self._put(END if self._window else _CLOSE)
 
     def cancel(self) -> None:
         """Abandon the stream."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -13,6 +14,7 @@ from grpc_health.v1 import health_pb2_grpc
 
 from aios_grpc_client._types import (
     DEFAULT_COALESCE,
+    DEFAULT_MAX_PENDING,
     END,
     Metadata,
     PacketLike,
@@ -109,14 +111,21 @@ class BlockClient:
         raise RuntimeError("stream ended without a terminal result")
 
     def stream(
-        self, *, timeout: float | None = None, coalesce: int = 0, coalesce_window_s: float = 0.0
+        self,
+        *,
+        timeout: float | None = None,
+        coalesce: int = 0,
+        coalesce_window_s: float = 0.0,
+        max_pending: int = DEFAULT_MAX_PENDING,
     ) -> ProcessStream:
         """An open Process stream to ``send`` packets on and read ``results`` from.
 
         With ``coalesce_window_s=W``, packets sent within W seconds of each other go in
-        one request message (at most ``coalesce``, 256 by default).
+        one request message (at most ``coalesce``, 256 by default). ``send`` waits while
+        ``max_pending`` packets are queued unsent (the server is behind): read
+        ``results()`` in another thread when sending more than that.
         """
-        return ProcessStream(self._stub, self.metadata, timeout, coalesce, coalesce_window_s)
+        return ProcessStream(self._stub, self.metadata, timeout, coalesce, coalesce_window_s, max_pending)
 
     def set_parameters(self, parameters: Mapping[str, Any], *, timeout: float | None = None) -> dict[str, Any]:
         """Apply parameters; returns ``{"applied": {...}, "parameters": {...}}``."""
@@ -163,12 +172,15 @@ class ProcessStream:
         timeout: float | None,
         coalesce: int = 0,
         coalesce_window_s: float = 0.0,
+        max_pending: int = DEFAULT_MAX_PENDING,
     ) -> None:
-        self._queue: queue.Queue[Any] = queue.Queue()
+        # Bounded, so that a sender faster than the server waits in send() (flow control)
+        # instead of buffering without limit here.
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, max_pending))
         self._closed = threading.Event()
         self._window = coalesce_window_s > 0
         requests = window_requests(self._queue, coalesce, coalesce_window_s) if self._window else self._requests()
-        self._responses = stub.Process(requests, timeout=timeout, metadata=metadata)
+        self._responses: Any = stub.Process(requests, timeout=timeout, metadata=metadata)
 
     def _requests(self) -> Iterator[pb.ProcessRequest]:
         while True:
@@ -177,22 +189,41 @@ class ProcessStream:
                 return
             yield item
 
+    def _put(self, item: Any) -> bool:
+        """Queue ``item``, waiting while the queue is full; False when the stream ended."""
+        while True:
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                if self._responses.done():
+                    return False
+
     def send(self, packet: pb.Packet | list[pb.Packet]) -> None:
-        """Send one packet, or several in one request message."""
+        """Send one packet, or several in one request message; waits while the server is behind."""
         if self._closed.is_set():
             raise RuntimeError("stream is closed for sending")
-        self._queue.put(send_item(packet, self._window))
+        if not self._put(send_item(packet, self._window)):
+            raise RuntimeError("stream has ended; read results() for why")
 
     def close(self) -> None:
         """Half-close: no more packets; results keep coming until every packet is answered."""
         if not self._closed.is_set():
             self._closed.set()
-            self._queue.put(END if self._window else _CLOSE)
+            self._put(END if self._window else _CLOSE)
 
     def cancel(self) -> None:
         """Abandon the stream."""
-        self.close()
-        self._responses.cancel()  # type: ignore[no-untyped-call]  # untyped in grpc-stubs
+        self._closed.set()
+        self._responses.cancel()
+        # The request iterator may be waiting for an item: end it, making room if need be.
+        while True:
+            try:
+                self._queue.put_nowait(END if self._window else _CLOSE)
+                return
+            except queue.Full:
+                with contextlib.suppress(queue.Empty):
+                    self._queue.get_nowait()
 
     def results(self) -> Iterator[Result]:
         """Results as they arrive, until the server ends the stream."""

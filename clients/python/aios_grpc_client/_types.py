@@ -253,6 +253,9 @@ async def async_requests_of(packets: AsyncIterable[pb.Packet], coalesce: int) ->
 #: Most packets one request carries when only a time window is given.
 DEFAULT_COALESCE = 256
 
+#: Packets an open stream queues unsent before ``send`` waits for the server.
+DEFAULT_MAX_PENDING = 1024
+
 
 class EndOfPackets:
     """Put on a coalescing queue after the last packet."""
@@ -380,6 +383,7 @@ def feed_thread(packets: Iterable[pb.Packet], target: queue.Queue[Any], stop: th
 
 __all__ = [
     "DEFAULT_COALESCE",
+    "DEFAULT_MAX_PENDING",
     "END",
     "Coalescer",
     "EndOfPackets",
