@@ -39,6 +39,11 @@ log = logging.getLogger("aios_grpc.routing")
 
 _Link = TypeVar("_Link", GrpcLink, RedisLink)
 
+HOPS_HEADER = "aios-hops"
+"""Packet header counting the blocks a routed packet went through."""
+MAX_HOPS = 64
+"""Most hops a routed packet may take: a graph with a cycle would otherwise loop for ever."""
+
 
 class DownstreamError(PacketError):
     """A downstream block answered an output with an error; its code is passed on."""
@@ -100,12 +105,19 @@ class GraphRouter(Router):
             return outputs
         for target in plan.targets:
             self.allow.check(target)
+        hops = _hops(job.packet.headers.get(HOPS_HEADER, "")) + 1
+        if hops > MAX_HOPS:
+            raise InvalidPacket(
+                f"output_ptr: the packet went through more than {MAX_HOPS} hops (a cycle in the graph?)",
+                stage="route",
+            )
         if not outputs:
             return []
         sends = []
         for output in outputs:
             msg = packet_to_proto(output)
             msg.output_ptr = plan.forward_ptr
+            msg.headers[HOPS_HEADER] = str(hops)
             for target in plan.targets:
                 sends.append(self._deliver(target, msg))
         results = await asyncio.gather(*sends, return_exceptions=True)
@@ -209,4 +221,12 @@ class GraphRouter(Router):
             await asyncio.gather(*self._closing, return_exceptions=True)
 
 
-__all__ = ["DownstreamError", "GraphRouter"]
+def _hops(text: str) -> int:
+    """The hop count a packet arrived with (0 when absent or not a number)."""
+    try:
+        return max(0, int(text))
+    except ValueError:
+        return 0
+
+
+__all__ = ["HOPS_HEADER", "MAX_HOPS", "DownstreamError", "GraphRouter"]

@@ -135,6 +135,45 @@ def _targets(entry: Any, where: str) -> tuple[Target, ...]:
     return tuple(parse_target(t) for t in outputs)
 
 
+def _next_blocks(graph: dict[str, Any], block_id: str) -> list[str]:
+    """Block ids that ``block_id``'s entry sends to (targets that name one in the graph)."""
+    entry = graph.get(block_id)
+    if entry == "final" or (isinstance(entry, dict) and entry.get("final") is True):
+        entry = graph.get("final")
+    outputs = entry.get("outputs", []) if isinstance(entry, dict) else []
+    if not isinstance(outputs, list):
+        return []
+    found = (t.get("block_id") for t in outputs if isinstance(t, dict))
+    return [b for b in found if isinstance(b, str) and b in graph and b != "final"]
+
+
+def _check_acyclic(graph: dict[str, Any], start: str) -> None:
+    """``InvalidPacket`` naming the loop when the graph leads from ``start`` back to a block on the way.
+
+    Such a packet would travel round for ever (each hop waiting for the next one's
+    answer); refusing it at the first hop costs one walk over a small graph.
+    """
+    on_path, done = 1, 2
+    state = {start: on_path}
+    path = [start]
+    stack = [iter(_next_blocks(graph, start))]
+    while stack:  # depth-first, without recursion: a long chain must not hit the recursion limit
+        nxt = next(stack[-1], None)
+        if nxt is None:
+            state[path.pop()] = done
+            stack.pop()
+            continue
+        seen = state.get(nxt)
+        if seen == on_path:
+            loop = [*path[path.index(nxt) :], nxt]
+            shown = loop if len(loop) <= 10 else [*loop[:5], f"... ({len(loop) - 8} more)", *loop[-3:]]
+            raise _bad(f"graph has a cycle: {' -> '.join(shown)}")
+        if seen is None:
+            state[nxt] = on_path
+            path.append(nxt)
+            stack.append(iter(_next_blocks(graph, nxt)))
+
+
 def parse_output_ptr(output_ptr: str, block_id: str) -> Plan:
     """The ``Plan`` for a packet's ``output_ptr`` at block ``block_id``.
 
@@ -159,6 +198,7 @@ def parse_output_ptr(output_ptr: str, block_id: str) -> Plan:
     if block_id not in graph:
         raise _bad(f"graph has no entry for block {block_id!r} (entries: {sorted(graph)})")
     entry = graph[block_id]
+    _check_acyclic(graph, block_id)
     if entry == "final" or (isinstance(entry, dict) and entry.get("final") is True):
         final = graph.get("final", {})
         targets = _targets(final, "graph.final") if final else ()

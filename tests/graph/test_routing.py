@@ -154,3 +154,37 @@ def test_retryable_answer_from_downstream_is_sent_again_within_the_bound(serve) 
     a2 = serve(StageBlock, block_id="a2", route_allow=ALLOW, route_retry_timeout_s=0.5, route_backoff_max_s=0.1)
     failed = run_one(a2.address, {}, {"outputs": [grpc_target(slow.address)]})
     assert failed.error.code == grpc.StatusCode.UNAVAILABLE and "warming up" in failed.error.message
+
+
+def test_a_graph_with_a_cycle_is_refused_at_the_first_hop(serve) -> None:
+    a = serve(StageBlock, block_id="a", route_allow=ALLOW)
+    b = serve(StageBlock, block_id="b", route_allow=ALLOW)
+    c = serve(StageBlock, block_id="c", route_allow=ALLOW)
+    cycle = {
+        "is_graph": True,
+        "graph": {
+            "a": {"outputs": [grpc_target(b.address, "b")]},
+            "b": {"outputs": [grpc_target(c.address, "c")]},
+            "c": {"outputs": [grpc_target(a.address, "a")]},
+        },
+    }
+    result = run_one(a.address, {"x": 1}, cycle)
+    assert not result.ok
+    assert result.error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "graph has a cycle: a -> b -> c -> a" in result.error.message
+    assert c.server.scheduler.completed == 0  # refused before anything was sent
+
+
+def test_a_packet_past_the_hop_limit_is_refused(serve) -> None:
+    from aios_grpc.routing.graph import HOPS_HEADER, MAX_HOPS
+
+    b = serve(StageBlock, block_id="b")
+    a = serve(StageBlock, block_id="a", route_allow=ALLOW)
+    ptr = {"outputs": [grpc_target(b.address)]}
+    with BlockClient(a.address) as client:
+        tired = make_packet({"x": 1}, session_id="s", seq_no=1, output_ptr=ptr, headers={HOPS_HEADER: str(MAX_HOPS)})
+        fresh = make_packet({"x": 1}, session_id="s", seq_no=2, output_ptr=ptr, headers={HOPS_HEADER: "3"})
+        results = [r for r in client.process([tired, fresh], timeout=30) if r.terminal]
+    assert not results[0].ok and results[0].error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"more than {MAX_HOPS} hops" in results[0].error.message
+    assert results[1].ok, results[1].error
