@@ -40,6 +40,8 @@ GRPC = "grpc"
 REDIS_LIST = "redis-list"
 REDIS_STREAM = "redis-stream"
 DEFAULT_GRPC_PORT = 50051
+MAX_TARGETS = 64
+"""Most targets one ``outputs`` list may name: each output is sent to every one of them."""
 _TRANSPORTS = {
     "grpc": GRPC,
     "redis": REDIS_LIST,
@@ -132,6 +134,8 @@ def _targets(entry: Any, where: str) -> tuple[Target, ...]:
     outputs = entry.get("outputs", [])
     if not isinstance(outputs, list):
         raise _bad(f"{where}.outputs must be a list")
+    if len(outputs) > MAX_TARGETS:
+        raise _bad(f"{where}.outputs names {len(outputs)} targets, more than {MAX_TARGETS}")
     return tuple(parse_target(t) for t in outputs)
 
 
@@ -212,6 +216,7 @@ __all__ = [
     "ANSWER_CALLER",
     "DEFAULT_GRPC_PORT",
     "GRPC",
+    "MAX_TARGETS",
     "REDIS_LIST",
     "REDIS_STREAM",
     "Plan",

@@ -123,3 +123,12 @@ def test_backoff_is_capped_exponential_with_jitter() -> None:
     assert [b.delay(n, jitter=False) for n in range(5)] == [0.1, 0.2, 0.4, 0.8, 1.0]
     delays = {b.delay(3) for _ in range(50)}
     assert all(0.4 <= d <= 0.8 for d in delays) and len(delays) > 1
+
+
+def test_a_fan_out_list_is_bounded() -> None:
+    from aios_grpc.routing.pointer import MAX_TARGETS
+
+    many = {"outputs": [{"host": "b", "port": 50052, "transport": "grpc"}] * (MAX_TARGETS + 1)}
+    with pytest.raises(InvalidPacket, match=f"{MAX_TARGETS + 1} targets, more than {MAX_TARGETS}"):
+        parse_output_ptr(ptr(many), "a")
+    assert len(parse_output_ptr(ptr({"outputs": many["outputs"][:MAX_TARGETS]}), "a").targets) == MAX_TARGETS
