@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,8 +83,18 @@ class BlockTester:
         if self.adapter.all_sync:
             outputs = self.adapter.run_sync(packet, streamed.append)
         else:
-            outputs = asyncio.run(self.adapter.run_async(packet, streamed.append, _to_thread))
+            outputs = _run(self.adapter.run_async(packet, streamed.append, _to_thread))
         return [_parse(o.output) for o in (*streamed, *outputs)]
+
+
+def _run(coro: Coroutine[Any, Any, Any]) -> Any:
+    """``asyncio.run(coro)``, on a thread of its own when this thread already runs a loop (an async test)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with ThreadPoolExecutor(1, thread_name_prefix="aios-tester") as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 async def _to_thread(fn: Callable[..., Any], *args: Any) -> Any:
@@ -92,9 +103,6 @@ async def _to_thread(fn: Callable[..., Any], *args: Any) -> Any:
 
 def _parse(output: Any) -> Any:
     return json.loads(output) if isinstance(output, str) else json.loads(json.dumps(output))
-
-
-__all__ = ["BlockTester", "ServedBlock", "TestContext", "serve_block"]
 
 
 class ServedBlock:
@@ -159,3 +167,6 @@ def serve_block(block_class: type[Any], **settings: Any) -> ServedBlock:
     settings.setdefault("port", 0)
     settings.setdefault("metrics_port", 0)  # never the shared default 9464 in tests
     return ServedBlock(block_class, load_settings(**settings))
+
+
+__all__ = ["BlockTester", "ServedBlock", "TestContext", "serve_block"]
