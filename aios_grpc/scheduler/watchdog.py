@@ -39,6 +39,12 @@ def _is_user_frame(frame: FrameType) -> bool:
     return not any(path.startswith(d + os.sep) for d in _LIB_DIRS)
 
 
+def _waiting_for_io(frame: FrameType) -> bool:
+    """Whether the innermost frame is the selector's wait of an idle event loop."""
+    code = frame.f_code
+    return code.co_name in {"select", "poll"} and os.path.basename(code.co_filename) == "selectors.py"
+
+
 def user_frame(frame: FrameType | None) -> FrameType | None:
     """The innermost frame of user code on the stack that ends in ``frame``.
 
@@ -112,17 +118,21 @@ class LoopWatchdog:
                 continue
             if reported_this_stall:
                 continue
-            reported_this_stall = True
-            self._report(stalled)
+            reported_this_stall = self._report(stalled)
 
-    def _report(self, stalled: float) -> None:
+    def _report(self, stalled: float) -> bool:
+        """Log where the loop thread is, once per call site; False when nothing blocks it."""
         frame = sys._current_frames().get(self._loop_thread)
+        if frame is None or _waiting_for_io(frame):
+            # The loop is idle in select(): its tick is late because the process got no
+            # CPU (busy worker threads, a loaded machine), not because code blocks it.
+            return False
         site = user_frame(frame)
         if site is None:
-            return
+            return False
         key = (site.f_code.co_filename, site.f_lineno)
         if key in self.reported:
-            return
+            return True
         self.reported.add(key)
         stack = "".join(traceback.format_stack(site, limit=6))
         if _is_user_frame(site):
@@ -141,3 +151,4 @@ class LoopWatchdog:
             hint,
             stack,
         )
+        return True

@@ -82,3 +82,33 @@ def test_a_stall_outside_user_code_does_not_blame_the_entry_script(tmp_path):
     first = proc.stderr.split("Stack:")[0]
     assert "entry_script.py" not in first, proc.stderr
     assert "stalls_here.py" in first and "not in block code" in first
+
+
+def test_a_loop_waiting_in_select_is_not_reported(caplog):
+    """A late tick while the loop sits idle in select() means a starved process, not blocking code."""
+    import asyncio
+    import threading
+    import time
+
+    from aios_grpc.scheduler.watchdog import LoopWatchdog
+
+    loop = asyncio.new_event_loop()
+    idents: list[int] = []
+    loop.call_soon(lambda: idents.append(threading.get_ident()))
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        for _ in range(100):
+            if idents:
+                break
+            time.sleep(0.01)
+        time.sleep(0.1)  # nothing scheduled: the loop waits in select()
+        dog = LoopWatchdog(0.1)
+        dog._loop_thread = idents[0]
+        with caplog.at_level(logging.WARNING, logger="aios_grpc.watchdog"):
+            assert dog._report(5.0) is False
+        assert not [r for r in caplog.records if r.name == "aios_grpc.watchdog"]
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
