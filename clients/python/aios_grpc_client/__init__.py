@@ -1,4 +1,4 @@
-"""Python client for aios-grpc blocks (needs only grpcio and protobuf).
+"""Python client for aios-grpc blocks (needs only grpcio, grpcio-health-checking and protobuf).
 
 >>> from aios_grpc_client import BlockClient
 >>> with BlockClient("127.0.0.1:50051") as block:           # doctest: +SKIP
