@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +69,10 @@ class StreamIngress:
         max_in_flight: int = 1000,
     ) -> None:
         self.client = client
+        # Reads share the client's connections but skip redis-py's reply parsing (a dict
+        # per entry): the reader takes the one field it needs from the raw reply.
+        self._raw = aioredis.Redis(connection_pool=client.connection_pool)
+        self._raw.set_response_callback("XREADGROUP", _unparsed)
         self.scheduler = scheduler
         self.stream = stream
         self.group = group
@@ -77,17 +83,29 @@ class StreamIngress:
         self.max_deliveries = max_deliveries
         self.dead_letter = dead_letter or f"{stream}:dead"
         self.results_stream = results_stream
-        self.window = asyncio.Semaphore(max(batch, max_in_flight))
-        self.in_flight = 0
+        self.max_in_flight = max(batch, max_in_flight)
         self.acked = 0
         self.claimed = 0
         self.dead = 0
-        self._done: asyncio.Queue[_Done] = asyncio.Queue()
+        self.refreshed = 0
+        # Entries this consumer took and has not acknowledged yet -> when their claim was
+        # last renewed (read, claimed or refreshed).
+        self._held: dict[bytes, float] = {}
+        self._unanswered = 0
+        self._room = asyncio.Event()  # set when a read of a whole batch fits the window
+        self._done: list[_Done] = []
+        self._done_ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._reader: asyncio.Task[None] | None = None
+        self._reclaimer: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = False
+
+    @property
+    def in_flight(self) -> int:
+        """Entries taken and not acknowledged yet."""
+        return len(self._held)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -97,9 +115,10 @@ class StreamIngress:
         Returns at once: while Redis is unreachable the reader retries in the background.
         """
         self._reader = asyncio.create_task(self._read(), name=f"aios-stream-{self.stream}")
+        self._reclaimer = asyncio.create_task(self._reclaim(), name="aios-stream-reclaim")
         self._tasks = [
             asyncio.create_task(self._ack(), name="aios-stream-ack"),
-            asyncio.create_task(self._reclaim(), name="aios-stream-reclaim"),
+            asyncio.create_task(self._refresh(), name="aios-stream-refresh"),
         ]
 
     async def stop(self, timeout_s: float) -> None:
@@ -107,20 +126,22 @@ class StreamIngress:
         # Let a read or claim in progress return rather than cancel it: Redis would count
         # its entries as delivered to us, and nobody would process them until reclaimed.
         self._stopping = True
+        self._room.set()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s + self.block_ms / 1000
-        for task in [self._reader, self._tasks[1] if len(self._tasks) > 1 else None]:
+        for task in [self._reader, self._reclaimer]:
             if task is not None:
                 with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
                     await asyncio.wait_for(asyncio.shield(task), max(0.0, deadline - loop.time()))
                 await self._cancel(task)
+        # Claims keep being refreshed meanwhile, so no other instance takes these over.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), max(0.0, deadline - loop.time()))
         for task in self._tasks:
             await self._cancel(task)
         # What was answered but not yet acknowledged: one bounded last try.
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._flush(self._drain_done()), 2.0)
+            await asyncio.wait_for(self._flush(self._take_done()), 2.0)
 
     @staticmethod
     async def _cancel(task: asyncio.Task[None] | None) -> None:
@@ -161,18 +182,31 @@ class StreamIngress:
                 log.error("reading %s failed: %s: %s", self.stream, type(exc).__name__, exc)
                 await asyncio.sleep(min(5.0, 0.1 * 2 ** min(failures, 6)))
 
+    def _free(self) -> int:
+        """How many entries a read may take now (the window minus what is unanswered)."""
+        return min(
+            self.batch,
+            self.max_in_flight - self._unanswered,
+            # Answered but unacknowledged entries are bounded too (Redis slow to take acks).
+            2 * self.max_in_flight - len(self._held),
+        )
+
     async def _read_forever(self) -> None:
         await self._ensure_group()
         # First what this consumer id already holds (a restart with the same instance id).
         cursor = b"0"
         failures = 0
         while not self._stopping:
-            n = await self._reserve()
+            # Read whole batches: one round trip per batch, not one per few answers.
+            # The window holds two batches, so one is read while the other is processed.
+            while self._free() < self.batch and not self._stopping:
+                self._room.clear()
+                await self._room.wait()
             if self._stopping:
-                self._release(n)
                 return
+            n = self._free()
             try:
-                reply = await self.client.xreadgroup(
+                reply = await self._raw.xreadgroup(
                     self.group,
                     self.consumer,
                     {self.stream: cursor},
@@ -181,82 +215,78 @@ class StreamIngress:
                 )
                 failures = 0
             except ResponseError as exc:
-                self._release(n)
                 if "NOGROUP" not in str(exc):
                     raise
                 log.warning("group %s on %s is gone (Redis lost its data?); creating it", self.group, self.stream)
                 await self._ensure_group()
                 continue
             except TRANSIENT as exc:
-                self._release(n)
                 failures += 1
                 await pause(failures, f"XREADGROUP {self.stream}", exc)
                 continue
-            entries = _entries(reply)
-            self._release(n - len(entries))
+            entries = _raw_entries(reply)
             if cursor != b">" and not entries:
                 cursor = b">"
                 continue
-            for entry_id, fields in entries:
-                if cursor != b">":
-                    cursor = entry_id
-                await self._submit(entry_id, fields)
+            if entries and cursor != b">":
+                cursor = entries[-1][0]
+            now = time.monotonic()
+            for entry_id, payload in entries:
+                if entry_id in self._held:
+                    continue  # already in flight here (read back from this consumer's history)
+                await self._submit(entry_id, payload, now)
 
-    async def _reserve(self) -> int:
-        await self.window.acquire()
-        n = 1
-        while n < self.batch and not self.window.locked():
-            await self.window.acquire()
-            n += 1
-        return n
-
-    def _release(self, n: int) -> None:
-        for _ in range(n):
-            self.window.release()
-
-    async def _submit(self, entry_id: bytes, fields: dict[bytes, bytes] | None) -> None:
-        self.in_flight += 1
+    async def _submit(self, entry_id: bytes, payload: bytes, now: float) -> None:
+        self._held[entry_id] = now
+        self._unanswered += 1
         self._idle.clear()
-        payload = (fields or {}).get(FIELD, b"")
         try:
             packet = decode_packet(payload)
         except PacketError as exc:
             self._answered(entry_id, payload, Result(Kind.ERROR, error=exc))
             return
-        job = Job(packet, lambda r: self._answered(entry_id, payload, r), source="redis-stream")
+        job = Job(packet, functools.partial(self._answered, entry_id, payload), source="redis-stream")
         await self.scheduler.submit(job)
 
     def _answered(self, entry_id: bytes, payload: bytes, result: Result) -> None:
-        if result.terminal:
-            self._done.put_nowait(_Done(entry_id, payload, result))
+        if not result.terminal:
+            return
+        # The window opens on the answer, not on the acknowledgement: an answered entry
+        # is no work that another instance could be doing, and acks can then be batched.
+        self._unanswered -= 1
+        if not self._room.is_set() and self._free() >= self.batch:
+            self._room.set()
+        self._done.append(_Done(entry_id, payload, result))
+        self._done_ready.set()
 
     # -- acknowledging ---------------------------------------------------------------
 
-    def _drain_done(self) -> list[_Done]:
-        items = []
-        while not self._done.empty():
-            items.append(self._done.get_nowait())
+    def _take_done(self) -> list[_Done]:
+        items, self._done = self._done, []
         return items
 
     async def _ack(self) -> None:
         failures = 0
         while True:
-            items = [await self._done.get()]
-            items += self._drain_done()
-            while True:
+            await self._done_ready.wait()
+            self._done_ready.clear()
+            items = self._take_done()
+            while items:
                 try:
                     await self._flush(items)
                     failures = 0
                     break
                 except TRANSIENT as exc:
-                    # XACK and XADD of the same answer again are harmless; keep trying.
+                    # XACK and XADD of the same answer again are harmless; keep trying,
+                    # with what was answered meanwhile in the same round trip.
                     failures += 1
                     await pause(failures, f"XACK on {self.stream}", exc)
+                    items += self._take_done()
                 except Exception as exc:
                     # Not retryable (the group is gone, ...): the entries stay pending, or
                     # are gone with the group; either way this instance moves on.
                     log.error("acknowledging %d entries of %s failed: %s", len(items), self.stream, exc)
-                    self._settle(len(items))
+                    self._settle(items)
                     break
 
     async def _flush(self, items: list[_Done]) -> None:
@@ -280,15 +310,61 @@ class StreamIngress:
             self.dead += 1
         if ack:
             pipe.xack(self.stream, self.group, *ack)
-        await pipe.execute()
+            await pipe.execute()
         self.acked += len(ack)
-        self._settle(len(items))
+        self._settle(items)
 
-    def _settle(self, n: int) -> None:
-        self.in_flight -= n
-        self._release(n)
-        if self.in_flight <= 0:
+    def _settle(self, items: list[_Done]) -> None:
+        held = self._held
+        for item in items:
+            held.pop(item.entry_id, None)
+        if not held:
             self._idle.set()
+        if not self._room.is_set() and self._free() >= self.batch:
+            self._room.set()
+
+    # -- keeping claims --------------------------------------------------------------
+
+    async def _refresh(self) -> None:
+        """Renew the claim on entries in flight, so a slow packet is not taken over.
+
+        Without this an entry processed for longer than the claim idle time would be
+        claimed by another instance (or this one) and processed twice while its first
+        run is still going. ``XCLAIM ... JUSTID`` resets the idle time and leaves the
+        delivery count alone; entries idle for less than half a period (claimed by
+        someone else just now) are left where they are.
+        """
+        period = max(0.02, self.claim_idle_ms / 3000)
+        failures = 0
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self._refresh_once(period)
+                failures = 0
+            except TRANSIENT as exc:
+                failures += 1
+                await pause(failures, f"XCLAIM on {self.stream}", exc)
+            except Exception as exc:
+                # NOGROUP and the like: the reader re-creates the group; nothing to renew.
+                log.error("renewing claims on %s failed: %s: %s", self.stream, type(exc).__name__, exc)
+
+    async def _refresh_once(self, period: float) -> None:
+        now = time.monotonic()
+        due: list[Any] = [entry_id for entry_id, renewed in self._held.items() if now - renewed >= period / 2]
+        for start in range(0, len(due), 1000):
+            ids = due[start : start + 1000]
+            await self.client.xclaim(
+                self.stream,
+                self.group,
+                self.consumer,
+                min_idle_time=max(1, int(period * 500)),
+                message_ids=ids,
+                justid=True,
+            )
+            for entry_id in ids:
+                if entry_id in self._held:
+                    self._held[entry_id] = now
+            self.refreshed += len(ids)
 
     # -- reclaiming ------------------------------------------------------------------
 
@@ -319,7 +395,9 @@ class StreamIngress:
             self.stream, self.group, self.consumer, self.claim_idle_ms, start_id=cursor, count=self.batch
         )
         next_cursor, claimed = reply[0], reply[1]
-        live = [(i, f) for i, f in claimed if f]
+        # An entry still in flight here is not taken twice (its claim lapsed only if the
+        # event loop was held up for the whole idle time).
+        live = [(i, f) for i, f in claimed if f and i not in self._held]
         deleted = [i for i, f in claimed if not f]
         if deleted:  # trimmed from the stream while pending: nothing left to process
             await self.client.xack(self.stream, self.group, *deleted)
@@ -330,38 +408,61 @@ class StreamIngress:
             self.group,
             live[0][0],
             live[-1][0],
-            len(live) + self.in_flight + 100,
+            len(live) + len(self._held) + 100,
             consumername=self.consumer,
         )
         delivered = {p["message_id"]: int(p["times_delivered"]) for p in counts}
         self.claimed += len(live)
         log.info("claimed %d entries of %s left pending by other consumers", len(live), self.stream)
+        now = time.monotonic()
         for entry_id, fields in live:
+            while self._free() < 1 and not self._stopping:
+                self._room.clear()
+                await self._room.wait()
             if delivered.get(entry_id, 1) > self.max_deliveries:
-                self.in_flight += 1
-                self._idle.clear()
-                await self.window.acquire()
                 payload = fields.get(FIELD, b"")
                 error = PacketError(
                     f"delivered {delivered[entry_id]} times (AIOS_REDIS_MAX_DELIVERIES={self.max_deliveries})",
                     stage="queue",
                     retryable=False,
                 )
-                self._done.put_nowait(_Done(entry_id, payload, Result(Kind.ERROR, error=error)))
+                self._held[entry_id] = now
+                self._unanswered += 1
+                self._idle.clear()
+                self._answered(entry_id, payload, Result(Kind.ERROR, error=error))
                 continue
-            await self.window.acquire()
-            await self._submit(entry_id, fields)
+            await self._submit(entry_id, fields.get(FIELD, b""), now)
         return next_cursor
 
 
-def _entries(reply: Any) -> list[tuple[bytes, dict[bytes, bytes]]]:
-    """The entries of an XREADGROUP reply on one stream (RESP2 list or RESP3 dict)."""
+def _unparsed(response: Any, **options: Any) -> Any:
+    """A response callback that leaves the reply as Redis sent it."""
+    return response
+
+
+def _raw_entries(reply: Any) -> list[tuple[bytes, bytes]]:
+    """(entry id, packet bytes) of an unparsed XREADGROUP reply on one stream.
+
+    RESP2 sends ``[[stream, [[id, [field, value, ...]], ...]]]``, RESP3 a map from the
+    stream to the entry list. An entry deleted while pending has no fields; it and an
+    entry without a ``packet`` field get empty bytes (answered as not a packet).
+    """
     if not reply:
         return []
-    if isinstance(reply, dict):
-        streams = list(reply.values())
-        return [e for s in streams for e in (s[0] if s and isinstance(s[0], list) else s)]
-    return [e for _, entries in reply for e in entries]
+    streams = reply.values() if isinstance(reply, dict) else (s[1] for s in reply)
+    out = []
+    for entries in streams:
+        for entry_id, fields in entries:
+            if fields and fields[0] == FIELD:  # the usual single-field entry
+                out.append((entry_id, fields[1]))
+                continue
+            payload = b""
+            for i in range(0, len(fields or ()) - 1, 2):
+                if fields[i] == FIELD:
+                    payload = fields[i + 1]
+                    break
+            out.append((entry_id, payload))
+    return out
 
 
 def _dead_fields(entry_id: bytes, payload: bytes, error: BaseException | None) -> dict[Any, Any]:
