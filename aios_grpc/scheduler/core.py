@@ -6,8 +6,10 @@ tasks take jobs off the queue in chunks and run a whole chunk through the block'
 plain methods in one thread hand-off: a thread hop costs tens of microseconds, as
 much as gRPC's own per-message work, so one hop per packet would halve throughput.
 The chunk size adapts to how long the block takes per packet, so a slow block gets
-chunks of one and keeps every worker thread busy. ``async def`` methods run on the
-loop instead.
+chunks of one and keeps every worker thread busy. A fast block (the hop costs more
+than its packet) gets one chunk in the pool at a time while the next one gathers
+(``_gather``); the other threads stay free for a packet that turns out slow.
+``async def`` methods run on the loop instead.
 
 Each job gets exactly one terminal result through ``job.reply``; partial outputs
 (generators) come before it.
@@ -26,6 +28,7 @@ import json
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -55,6 +58,17 @@ log = logging.getLogger("aios_grpc.scheduler")
 # A chunk should keep a worker thread busy for about this long: long enough to
 # amortise the hand-off, short enough that a slow packet does not hold many others.
 _CHUNK_TARGET_S = 0.002
+# Below this block time per packet the thread hop costs more than the block, so the
+# workers hand the pool one chunk at a time: while it runs, the packets that arrive
+# queue up and go together in the next chunk, instead of each worker taking one or
+# two and paying a hop of its own.
+_FAST_JOB_S = 0.0001
+# A chunk in flight for longer than this is taken for stuck (a slow packet in a fast
+# block): the other workers stop waiting for it and use the other threads.
+_GATE_S = 0.001
+# How long a fast block's chunk waits for more packets when the client pipelines: up
+# to this much latency buys chunks of ~10 packets at 1 stream instead of ~2.
+_GATHER_S = 0.001
 
 
 class Scheduler:
@@ -92,6 +106,14 @@ class Scheduler:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._job_time_s = 0.0  # moving average of block time per packet
+        self._chunks_started: list[float] = []  # start times of the chunks now in the thread pool
+        self._gathering = False  # a worker is gathering a fast block's next chunk
+        self._turn_waiters: deque[asyncio.Future[None]] = deque()
+        self._pool_waiters: deque[asyncio.Future[None]] = deque()
+        # Packets that arrived while earlier packets of their stream were unanswered
+        # (counted by the stream readers): the mark of a client that does not wait.
+        self.pipelined_arrivals = 0
+        self._pipelined_seen = 0
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -319,17 +341,26 @@ class Scheduler:
         queue = self._queue
         assert queue is not None
         while True:
-            job = await queue.get()
-            jobs = [job]
-            limit = self._chunk_limit()
+            # A fast block: one worker at a time gathers the next chunk (see _gather).
+            turn = self._job_time_s < _FAST_JOB_S and self.block.all_sync
+            if turn:
+                await self._take_turn()
+            jobs: list[Job] = []
             try:
-                self._fill(queue, jobs, limit)
-                if len(jobs) < limit:
-                    # A fast block with a short chunk: let the loop run once more, so that
-                    # packets already read off the sockets join this chunk instead of each
-                    # paying a thread hop of its own (the hop costs more than the block).
-                    await asyncio.sleep(0)
+                try:
+                    jobs.append(await queue.get())
+                    limit = self._chunk_limit()
                     self._fill(queue, jobs, limit)
+                    if turn:
+                        await self._gather(queue, jobs, limit)
+                    elif len(jobs) < limit:
+                        # Let the loop run once more, so that packets already read off the
+                        # sockets join this chunk instead of each paying a hop of its own.
+                        await asyncio.sleep(0)
+                        self._fill(queue, jobs, limit)
+                finally:
+                    if turn:
+                        self._end_turn()
                 await self._run(jobs)
             except asyncio.CancelledError:
                 for j in jobs:
@@ -339,6 +370,61 @@ class Scheduler:
                 log.exception("scheduler failed on a chunk of %d packets", len(jobs))
                 for j in jobs:
                     self.answer(j, Result(Kind.ERROR, error=BlockCodeError(f"internal error: {exc}", stage="data")))
+
+    async def _take_turn(self) -> None:
+        """Become the one worker that gathers the next chunk of a fast block."""
+        while self._gathering:
+            waiter = asyncio.get_running_loop().create_future()
+            self._turn_waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._end_turn()  # woken and cancelled at once: hand the wake-up on
+                raise
+        self._gathering = True
+
+    def _end_turn(self) -> None:
+        self._gathering = False
+        _wake_first(self._turn_waiters)
+
+    async def _gather(self, queue: asyncio.Queue[Job], jobs: list[Job], limit: int) -> None:
+        """Fill a fast block's chunk while the previous chunk is in the pool, and longer
+        for a client that does not wait for answers.
+
+        A thread hop costs more than a fast block's packet (tens of microseconds, most
+        of it in the operating system), so the chunk should be long: one chunk in the
+        pool at a time, the next gathering meanwhile. A chunk in the pool for longer
+        than ``_GATE_S`` is taken for stuck (a slow packet in a fast block) and no
+        longer waited for. When packets came in behind unanswered packets of their
+        stream since the last chunk (a pipelining client, so more are on their way),
+        the chunk also waits until its first packet is ``_GATHER_S`` old.
+        """
+        loop = self._loop
+        assert loop is not None
+        while self._chunks_started and len(jobs) < limit:
+            remaining = max(self._chunks_started) + _GATE_S - time.monotonic()
+            if remaining <= 0:
+                break
+            waiter = loop.create_future()
+            self._pool_waiters.append(waiter)
+            timer = loop.call_later(remaining, _wake, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+            self._fill(queue, jobs, limit)
+        if len(jobs) >= limit:
+            return
+        if self.pipelined_arrivals != self._pipelined_seen:
+            self._pipelined_seen = self.pipelined_arrivals
+            delay = jobs[0].received + _GATHER_S - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+                self._fill(queue, jobs, limit)
+                return
+        await asyncio.sleep(0)
+        self._fill(queue, jobs, limit)
 
     @staticmethod
     def _fill(queue: asyncio.Queue[Job], jobs: list[Job], limit: int) -> None:
@@ -360,7 +446,13 @@ class Scheduler:
             self.telemetry.stage_done(job, "queue", now - job.received)
         if self.block.all_sync:
             assert self._loop is not None
-            results = await self._loop.run_in_executor(self.executor, self._run_chunk_sync, jobs)
+            started = time.monotonic()
+            self._chunks_started.append(started)
+            try:
+                results = await self._loop.run_in_executor(self.executor, self._run_chunk_sync, jobs)
+            finally:
+                self._chunks_started.remove(started)
+                _wake_first(self._pool_waiters)
             for job, res in zip(jobs, results, strict=True):
                 self._finish(job, res)
         else:
@@ -459,6 +551,20 @@ class Scheduler:
         for output in outputs:
             self._send_partial(job, output)
         self.answer(job, Result(Kind.OK))
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+def _wake_first(waiters: deque[asyncio.Future[None]]) -> None:
+    """Wake the oldest waiter still waiting."""
+    while waiters:
+        waiter = waiters.popleft()
+        if not waiter.done():
+            waiter.set_result(None)
+            return
 
 
 __all__ = ["Scheduler"]

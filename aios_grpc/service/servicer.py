@@ -309,6 +309,8 @@ class _Stream:
                             self._refuse(messages[i:])
                             raise
                     packet = packet_from_proto(msg)
+                    if self.replies.open_slots:
+                        scheduler.pipelined_arrivals += 1
                     deadline = self.deadline
                     if packet.deadline:
                         # The packet's own deadline is wall-clock; turn it into monotonic time.
