@@ -84,12 +84,11 @@ class BlockServer:
 
     async def start(self) -> None:
         """Bind, start serving (NOT_SERVING), initialise the block, then report SERVING."""
-        if self.settings.port and _address_in_use(self.settings.host, self.settings.port):
+        problem = await asyncio.to_thread(_bind_problem, self.settings.host, self.settings.port)  # DNS may block
+        if problem:
             # Checked first so that the error is one line: grpc's own bind failure also
             # logs from its C core, on stderr, where the user reads the error.
-            raise ConfigurationError(
-                f"cannot bind {self.settings.address}: address already in use (AIOS_PORT or --port; 0 picks a free one)"
-            )
+            raise ConfigurationError(f"cannot bind {self.settings.address}: {problem}")
         limit = self.settings.max_message_bytes
         server = grpc.aio.server(
             options=[
@@ -268,12 +267,14 @@ class Block:
         await server.wait()
 
 
-def _address_in_use(host: str, port: int) -> bool:
-    """Whether every address ``host`` resolves to has ``port`` taken (False when unsure)."""
+def _bind_problem(host: str, port: int) -> str:
+    """Why grpc could not bind ``host:port`` (empty when it should, or when unsure)."""
     try:
         infos = socket.getaddrinfo(host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except OSError:
-        return False  # let grpc report what is wrong with the address
+    except socket.gaierror as exc:
+        return f"the host does not resolve (AIOS_HOST or --host): {exc.strerror}"
+    if port == 0:
+        return ""
     for family, kind, proto, _, sockaddr in infos:
         with socket.socket(family, kind, proto) as probe:
             # grpc's listeners use SO_REUSEADDR too: a port in TIME_WAIT is not "in use".
@@ -283,9 +284,9 @@ def _address_in_use(host: str, port: int) -> bool:
             except OSError as exc:
                 if exc.errno == errno.EADDRINUSE:
                     continue
-                return False
-            return False
-    return bool(infos)
+                return ""  # let grpc report anything else
+            return ""
+    return "address already in use (AIOS_PORT or --port; 0 picks a free one)" if infos else ""
 
 
 def configure_logging(level: str) -> None:

@@ -99,6 +99,11 @@ def test_serve_on_a_port_in_use():
     assert_one_line_error(proc, f"cannot bind 127.0.0.1:{port}: address already in use (AIOS_PORT")
 
 
+def test_serve_on_a_host_that_does_not_resolve():
+    proc = aios("serve", "tests.blocks.basic:EchoBlock", "--host", "no-such-host.invalid", "--port", "0")
+    assert_one_line_error(proc, "cannot bind no-such-host.invalid:0: the host does not resolve (AIOS_HOST or --host")
+
+
 def test_serve_with_the_metrics_port_in_use():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
