@@ -172,6 +172,8 @@ class BlockServer:
             # (the error that stopped it is the one line the user should read).
             if self._server is not None:
                 await self._server.stop(0)
+            if self.redis is not None:
+                await self.redis.close()
             await self.telemetry.stop()
             self._stopped.set()
             return
