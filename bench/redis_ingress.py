@@ -70,9 +70,12 @@ def produce(client: redis.Redis, stream: str, n: int) -> None:
         pipe.execute()
 
 
-def raw_consumer(port: int, stream: str, group: str, n: int) -> None:
-    """XREADGROUP 100 / XACK 100 until ``n`` entries were acknowledged."""
+def raw_consumer(port: int, stream: str, group: str, n: int, go: Any = None) -> None:
+    """XREADGROUP 100 / XACK 100 until ``n`` entries were acknowledged (after ``go``, if given)."""
     client = redis.Redis(port=port)
+    client.ping()
+    if go is not None:
+        go.wait(60)
     done = 0
     while done < n:
         reply = client.xreadgroup(group, "raw", {stream: ">"}, count=BATCH, block=1000)
@@ -93,8 +96,8 @@ class AnsweringScheduler:
         job.reply(Result(Kind.OK, output=job.packet))
 
 
-def ingress_consumer(port: int, stream: str, group: str, n: int) -> None:
-    """``StreamIngress`` with ``AnsweringScheduler`` until ``n`` entries were acknowledged."""
+def ingress_consumer(port: int, stream: str, group: str, n: int, go: Any = None) -> None:
+    """``StreamIngress`` with ``AnsweringScheduler`` until ``n`` entries were acknowledged (after ``go``)."""
     import redis.asyncio as aioredis
 
     from aios_grpc.ingress.stream import StreamIngress
@@ -110,6 +113,9 @@ def ingress_consumer(port: int, stream: str, group: str, n: int) -> None:
             batch=BATCH,
             max_in_flight=2 * BATCH,  # what the server gives it
         )
+        await client.ping()
+        if go is not None:
+            await asyncio.to_thread(go.wait, 60)
         await ingress.start()
         for _ in range(120_000):  # bounded: two minutes
             if ingress.acked >= n:
@@ -132,16 +138,28 @@ def wait_acked(client: redis.Redis, stream: str, group: str, n: int, timeout_s: 
     raise SystemExit(f"{group}: not every entry was acknowledged within {timeout_s:.0f}s")
 
 
-def run_consumer(server: LocalRedis, n: int, target: Any, name: str) -> float:
-    """Messages/s of ``target(port, stream, group, n)`` in its own process, on a fresh stream."""
+def run_consumer(server: LocalRedis, n: int, target: Any, name: str, *, backlog: bool = False) -> float:
+    """Messages/s of ``target(port, stream, group, n, go)`` in its own process, on a fresh stream.
+
+    With ``backlog`` every entry is added first and the consumer starts on a full stream
+    (its own capacity, without the producer's pace); otherwise it reads while they come.
+    """
     client = server.client()
     client.delete(name)
     client.xgroup_create(name, name, id="0", mkstream=True)
-    consumer = multiprocessing.Process(target=target, args=(server.port, name, name, n))
+    go = multiprocessing.Event()
+    consumer = multiprocessing.Process(target=target, args=(server.port, name, name, n, go))
     consumer.start()
-    time.sleep(0.5)  # the consumer is connected and blocked in XREADGROUP
-    start = time.perf_counter()
-    produce(client, name, n)
+    time.sleep(0.5)  # the consumer is connected (and, without a backlog, blocked in XREADGROUP)
+    if backlog:
+        produce(client, name, n)
+        start = time.perf_counter()
+        go.set()
+    else:
+        go.set()
+        time.sleep(0.2)
+        start = time.perf_counter()
+        produce(client, name, n)
     end = wait_acked(client, name, name, n, 120)
     consumer.join(30)
     return n / (end - start)
@@ -193,6 +211,8 @@ def main() -> None:
     load_before = os.getloadavg()
     raw: list[float] = []
     alone: list[float] = []
+    raw_backlog: list[float] = []
+    alone_backlog: list[float] = []
     block: list[float] = []
     cpu: list[float] = []
     with LocalRedis(persistent=False) as server:
@@ -201,6 +221,8 @@ def main() -> None:
             for _ in range(args.runs):
                 raw.append(run_consumer(server, n, raw_consumer, "raw"))
                 alone.append(run_consumer(server, n, ingress_consumer, "alone"))
+                raw_backlog.append(run_consumer(server, n, raw_consumer, "raw-backlog", backlog=True))
+                alone_backlog.append(run_consumer(server, n, ingress_consumer, "alone-backlog", backlog=True))
                 rate, us = runner.run(n)
                 block.append(rate)
                 cpu.append(us)
@@ -218,6 +240,11 @@ def main() -> None:
     print(
         f"ratio block/raw     {med([b / r for b, r in zip(block, raw, strict=True)]):10.2f}  (median of per-run ratios)"
     )
+    print("backlog (every entry added before the consumer starts: its own capacity)")
+    print(f"raw redis-py        {med(raw_backlog):10.0f} msg/s  runs {_runs(raw_backlog)}")
+    print(f"ingress alone       {med(alone_backlog):10.0f} msg/s  runs {_runs(alone_backlog)}")
+    ratios = [a / r for a, r in zip(alone_backlog, raw_backlog, strict=True)]
+    print(f"ratio alone/raw     {med(ratios):10.2f}")
 
 
 def _runs(values: list[float]) -> str:
