@@ -120,6 +120,7 @@ class ServedBlock:
         from aios_grpc.server import BlockServer
 
         self.server = BlockServer(block_class, settings, **server_kwargs)
+        self._close_lock = threading.Lock()  # a test may close from a thread while its fixture closes too
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="aios-test-server", daemon=True)
         self._thread.start()
@@ -139,14 +140,17 @@ class ServedBlock:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def close(self, grace_s: float = 1.0) -> None:
-        """Drain and stop the server, then its loop."""
-        if self.loop.is_running():
-            try:
-                self.call(self.server.stop(grace_s))
-            finally:
-                self.loop.call_soon_threadsafe(self.loop.stop)
-                self._thread.join(10)
-        self.loop.close()
+        """Drain and stop the server, then its loop (idempotent, from any thread)."""
+        with self._close_lock:
+            if self.loop.is_closed():
+                return
+            if self.loop.is_running():
+                try:
+                    self.call(self.server.stop(grace_s))
+                finally:
+                    self.loop.call_soon_threadsafe(self.loop.stop)
+                    self._thread.join(10)
+            self.loop.close()
 
     def __enter__(self) -> ServedBlock:
         return self
