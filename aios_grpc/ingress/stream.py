@@ -8,7 +8,9 @@ Delivery is at least once:
   (the router waited for every downstream target), so a crash before that leaves
   it pending.
 - Entries pending on any consumer for ``claim_idle_s`` (a dead instance's) are
-  taken over with ``XAUTOCLAIM`` and processed again.
+  taken over with ``XAUTOCLAIM`` and processed again. An instance renews the claim on
+  the entries it is running every third of that time (``XCLAIM ... JUSTID``), so a
+  packet slower than ``claim_idle_s`` is not taken over while its instance lives.
 - An entry delivered more than ``max_deliveries`` times, one that is not a packet,
   and one answered with a non-retryable error go to the dead-letter stream (with
   the error) and are acknowledged. A retryable error leaves the entry pending.
