@@ -34,22 +34,29 @@ def packet_from_proto(msg: pb.Packet) -> AIOSPacket:
 
 def packet_to_proto(packet: AIOSPacket) -> pb.Packet:
     """A protobuf ``Packet`` from an ``AIOSPacket`` (a dict ``data`` is JSON-encoded)."""
+    msg = pb.Packet()
+    fill_packet(msg, packet)
+    return msg
+
+
+def fill_packet(msg: pb.Packet, packet: AIOSPacket) -> None:
+    """Set the fields of ``msg`` (an empty ``Packet``, possibly inside another message) from ``packet``.
+
+    Filling a sub-message in place spares building a ``Packet`` and copying it in.
+    """
     data = packet.data
     if not isinstance(data, str):
         data = data.decode() if isinstance(data, bytes) else json.dumps(data)
-    msg = pb.Packet(
-        session_id=packet.session_id,
-        seq_no=packet.seq_no,
-        data=data,
-        ts=packet.ts,
-        output_ptr=packet.output_ptr,
-        deadline=packet.deadline,
-    )
+    msg.session_id = packet.session_id
+    msg.seq_no = packet.seq_no
+    msg.data = data
+    msg.ts = packet.ts
+    msg.output_ptr = packet.output_ptr
+    msg.deadline = packet.deadline
     if packet.files:
         msg.files.extend(pb.FileInfo(metadata=f.metadata, file_data=f.file_data) for f in packet.files)
     if packet.headers:
         msg.headers.update(packet.headers)
-    return msg
 
 
 def error_to_proto(exc: BaseException) -> pb.PacketError:

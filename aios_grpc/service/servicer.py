@@ -22,8 +22,8 @@ from aios_grpc.control import ControlPlane
 from aios_grpc.converters import (
     dict_to_struct,
     error_to_proto,
+    fill_packet,
     packet_from_proto,
-    packet_to_proto,
     struct_to_dict,
     to_value,
 )
@@ -34,7 +34,7 @@ log = logging.getLogger("aios_grpc.service")
 
 _END = object()
 _MAX_RESULTS_PER_RESPONSE = 256
-_PARTIAL = Kind.PARTIAL.value
+_PARTIAL = Kind.PARTIAL
 
 
 class BlockServicer(pb_grpc.BlockServiceServicer):
@@ -88,23 +88,29 @@ class BlockServicer(pb_grpc.BlockServiceServicer):
                 if item is _END:
                     break
                 if not stream.coalesce:
-                    yield pb.ProcessResponse(result=item)
+                    response = pb.ProcessResponse()
+                    _fill_result(response.result, item)
+                    yield response
                     # A packet leaves the window once its answer is written, not when it is
                     # computed: a caller that stops reading answers stops the reading too.
-                    if item.kind != _PARTIAL:
+                    if item[2].kind is not _PARTIAL:
                         window.release()
                     continue
-                results = [item]
+                items = [item]
                 end = False
-                while len(results) < _MAX_RESULTS_PER_RESPONSE and not out.empty():
+                while len(items) < _MAX_RESULTS_PER_RESPONSE and not out.empty():
                     more = out.get_nowait()
                     if more is _END:
                         end = True
                         break
-                    results.append(more)
-                yield pb.ProcessResponse(results=results)
-                for r in results:
-                    if r.kind != _PARTIAL:
+                    items.append(more)
+                response = pb.ProcessResponse()
+                add = response.results.add
+                for one in items:
+                    _fill_result(add(), one)
+                yield response
+                for one in items:
+                    if one[2].kind is not _PARTIAL:
                         window.release()
                 if end:
                     break
@@ -268,14 +274,10 @@ class _Stream:
         self.trace: dict[str, str] | None = None  # W3C trace context from the stream's metadata
 
     def _emit(self, session_id: str, seq_no: int, result: Result) -> None:
-        msg = pb.PacketResult(session_id=session_id, seq_no=seq_no, kind=result.kind.value)  # type: ignore[arg-type]
-        if result.output is not None:
-            msg.output.CopyFrom(packet_to_proto(result.output))
-        if result.error is not None:
-            msg.error.CopyFrom(error_to_proto(result.error))
         if self.closed:
             return
-        self.out.put_nowait(msg)
+        # The response message is built by the writer, straight into the message it sends.
+        self.out.put_nowait((session_id, seq_no, result))
         if result.terminal and not self.reading and self.replies.open_slots == 0:
             self.out.put_nowait(_END)
 
@@ -351,6 +353,18 @@ class _Stream:
         if self.reader is not None and not self.reader.done():
             self.stopping = True
             self.reader.cancel()
+
+
+def _fill_result(msg: pb.PacketResult, item: tuple[str, int, Result]) -> None:
+    """Set ``msg`` (inside the response being built) from one ``(session_id, seq_no, result)``."""
+    session_id, seq_no, result = item
+    msg.session_id = session_id
+    msg.seq_no = seq_no
+    msg.kind = result.kind  # type: ignore[assignment]  # Kind's numbers are ResultKind's
+    if result.output is not None:
+        fill_packet(msg.output, result.output)
+    if result.error is not None:
+        msg.error.CopyFrom(error_to_proto(result.error))
 
 
 def trace_metadata(metadata: Any) -> dict[str, str] | None:

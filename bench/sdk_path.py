@@ -1,0 +1,152 @@
+"""The SDK's own work per packet on the Process stream path, without gRPC I/O.
+
+Usage: flock /tmp/aios-bench.lock .venv/bin/python bench/sdk_path.py [--packets N] [--instructions]
+
+It feeds ``BlockServicer.Process`` ready-made ``ProcessRequest`` messages of one
+session and reads the responses it yields, with the trivial block of
+``stream_throughput.py`` and the default telemetry (metrics on, no endpoint). The
+block's chunks run on the event loop instead of the thread pool, so that what is
+measured is the SDK's code (conversions, scheduler, ordering, telemetry, response
+building), not thread hand-offs, whose cost depends on the machine's load.
+
+- default: CPU microseconds per packet (median of ``--rounds`` runs); these swing
+  with whatever else runs on the machine.
+- ``--instructions``: instructions per packet counted by valgrind's callgrind, the
+  difference between a run of ``--packets`` and one of a quarter as many, so that
+  start-up cancels out. Deterministic to about 0.5%, so a change of a few percent
+  shows; needs ``valgrind`` and takes about a minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "generated"), str(ROOT)]
+
+
+class _Context:
+    """The two things ``Process`` asks of a gRPC servicer context."""
+
+    def time_remaining(self) -> float | None:
+        return None
+
+    def invocation_metadata(self) -> tuple[()]:
+        return ()
+
+
+async def _run(packets: int) -> float:
+    """CPU seconds for ``packets`` packets through one Process stream."""
+    os.environ.setdefault("AIOS_METRICS_PORT", "-1")
+    from _harness import TrivialBlock
+
+    from aios_grpc._pb import pb
+    from aios_grpc.block import BlockAdapter
+    from aios_grpc.scheduler import Scheduler, core
+    from aios_grpc.service.servicer import BlockServicer
+    from aios_grpc.settings import load_settings
+    from aios_grpc.telemetry import make_telemetry
+
+    async def inline_run(self: Any, jobs: list[Any]) -> None:
+        now = time.monotonic()
+        for job in jobs:
+            self.telemetry.stage_done(job, "queue", now - job.received)
+        for job, res in zip(jobs, self._run_chunk_sync(jobs), strict=True):
+            self._finish(job, res)
+
+    core.Scheduler._run = inline_run  # type: ignore[method-assign]
+    core._GATHER_S = 0.0  # no timed waits: the same chunks every run
+    settings = load_settings()
+    telemetry = make_telemetry(settings)
+    adapter = BlockAdapter(TrivialBlock(None))
+    telemetry.instrument(adapter)
+    scheduler = Scheduler(adapter, settings, telemetry=telemetry)
+    await scheduler.configure()
+    await scheduler.start()
+    servicer = BlockServicer(settings.stream_max_in_flight)
+    servicer.attach(scheduler, None)  # type: ignore[arg-type]
+    requests = [
+        pb.ProcessRequest(packet=pb.Packet(session_id="s", seq_no=i, data=json.dumps({"i": i, "text": "hello"})))
+        for i in range(packets)
+    ]
+
+    async def feed() -> AsyncIterator[Any]:
+        for request in requests:
+            await asyncio.sleep(0)  # as gRPC does: one read per loop turn
+            yield request
+
+    start = time.process_time()
+    answered = 0
+    async for _ in servicer.Process(feed(), _Context()):  # type: ignore[arg-type]
+        answered += 1
+    cpu = time.process_time() - start
+    await scheduler.stop()
+    if answered != packets:
+        raise SystemExit(f"{answered} answers for {packets} packets")
+    return cpu
+
+
+def _instructions(packets: int) -> int:
+    """Instructions callgrind counts for one whole run of this script with ``packets`` packets."""
+    out = subprocess.run(
+        [
+            "valgrind",
+            "--tool=callgrind",
+            "--callgrind-out-file=/dev/null",
+            sys.executable,
+            __file__,
+            "--packets",
+            str(packets),
+            "--rounds",
+            "1",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    found = re.search(r"Collected\s*:\s*(\d+)", out.stderr)
+    if not found:
+        raise SystemExit(f"no instruction count in valgrind's output:\n{out.stderr[-2000:]}")
+    return int(found.group(1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--packets", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--instructions", action="store_true", help="count instructions with callgrind")
+    parser.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    if args.instructions:
+        if shutil.which("valgrind") is None:
+            raise SystemExit("--instructions needs valgrind")
+        many = min(args.packets, 4000)  # callgrind runs ~50x slower
+        few = many // 4
+        per_packet = (_instructions(many) - _instructions(few)) / (many - few)
+        print(f"SDK path: {per_packet:,.0f} instructions per packet (callgrind, {few} vs {many} packets)")
+        return
+    cpu = [asyncio.run(_run(args.packets)) / args.packets * 1e6 for _ in range(args.rounds)]
+    if not args.quiet:
+        print(
+            f"SDK path: {statistics.median(cpu):.1f} CPU us per packet "
+            f"(median of {args.rounds} runs of {args.packets} packets; load {os.getloadavg()[0]:.1f})"
+        )
+
+
+if __name__ == "__main__":
+    main()
