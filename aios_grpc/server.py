@@ -184,10 +184,6 @@ class BlockServer:
             await self.heartbeats.publish_once()  # the block's health shows this instance draining
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
-        server_stop = None
-        if self._server is not None:
-            # grpc refuses new RPCs from now on and cancels the open ones after `grace`.
-            server_stop = asyncio.create_task(self._server.stop(grace))
         if self.redis is not None:
             # Stop taking Redis entries first; those in flight are acknowledged as they finish.
             await self.redis.drain(max(0.0, deadline - loop.time()))
@@ -198,8 +194,12 @@ class BlockServer:
         # Every packet read so far is answered (or the grace period is over): end the open
         # streams cleanly instead of letting grpc cancel them at the end of the grace period.
         self.servicer.end_streams()
-        if server_stop is not None:
-            await server_stop
+        if self._server is not None:
+            # grpc is told last: until now health answered NOT_SERVING and a new Process call
+            # was refused UNAVAILABLE by the servicer (the scheduler no longer accepts). A call
+            # arriving while grpc itself shuts down may instead be CANCELLED, unpredictably.
+            # Streams still open when the grace period ends are cancelled.
+            await self._server.stop(max(0.0, deadline - loop.time()))
         if self.scheduler is not None:
             await self.scheduler.stop()
         if self.redis is not None:
