@@ -44,6 +44,7 @@ class LocalRedis:
     """A valkey-server on 127.0.0.1 with its data in a temporary directory."""
 
     def __init__(self, port: int = 0, *, persistent: bool = True) -> None:
+        self._auto_port = not port
         self.port = port or free_port()
         self.persistent = persistent
         self.dir = Path(tempfile.mkdtemp(prefix="aios-redis-"))
@@ -55,7 +56,21 @@ class LocalRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout_s: float = 10.0) -> LocalRedis:
-        """Start the server and wait until it answers PING."""
+        """Start the server and wait until it answers PING.
+
+        The answer must come from the process started here: another server may take a
+        free port between ``free_port()`` and the bind (parallel test runs). Then a port
+        picked automatically is picked again; a port given by the caller is an error.
+        """
+        end = time.monotonic() + timeout_s
+        while True:
+            if self._launch(end):
+                return self
+            if not self._auto_port or time.monotonic() > end:
+                raise RuntimeError(f"valkey-server did not start on port {self.port}")
+            self.port = free_port()
+
+    def _launch(self, end: float) -> bool:
         args = [
             valkey_binary(),
             "--port",
@@ -75,18 +90,20 @@ class LocalRedis:
         ]
         if self.persistent:
             args += ["--appendonly", "yes", "--appendfsync", "always"]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
-        end = time.monotonic() + timeout_s
         try:
-            while True:
+            while time.monotonic() <= end:
+                if proc.poll() is not None:
+                    return False  # it could not bind, or died at start
                 try:
-                    client.ping()
-                    return self
+                    if int(client.info("server")["process_id"]) == proc.pid:
+                        return True
                 except redis.ConnectionError:
-                    if self.proc.poll() is not None or time.monotonic() > end:
-                        raise RuntimeError(f"valkey-server did not start on port {self.port}") from None
-                    time.sleep(0.05)
+                    pass
+                time.sleep(0.05)
+            self.stop()
+            return False
         finally:
             client.close()
 
@@ -105,7 +122,11 @@ class LocalRedis:
         """Stop, stay down ``down_s`` seconds, start again on the same port with the same data."""
         self.stop()
         time.sleep(down_s)
-        self.start()
+        auto, self._auto_port = self._auto_port, False  # clients know this port: keep it
+        try:
+            self.start()
+        finally:
+            self._auto_port = auto
 
     def close(self) -> None:
         """Stop and delete the data directory."""
