@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import json
 from collections.abc import Callable, Iterator
+from types import GeneratorType
 from typing import Any
 
 from aios_grpc.errors import (
@@ -176,7 +177,11 @@ class BlockAdapter:
                 raise
             except Exception as exc:
                 raise BlockCodeError(f"on_data raised {type(exc).__name__}: {exc}", stage="data") from exc
-            if inspect.isgenerator(ret):
+            # The common answer, (True, OnDataResult), checked inline: this runs per packet.
+            if type(ret) is tuple and len(ret) == 2 and ret[0] is True and type(ret[1]) is OnDataResult:
+                outputs.append(ret[1])
+                continue
+            if isinstance(ret, GeneratorType):
                 self._stream(ret, emit_partial)
                 continue
             out = self.check_data(ret)

@@ -259,6 +259,19 @@ class Scheduler:
         else:
             queue.put_nowait(job)  # skips a coroutine per packet on the common path
 
+    def try_submit(self, job: Job) -> bool:
+        """Queue a job when that needs no wait; False, with nothing done, when the queue is full.
+
+        The stream readers call this per packet and fall back to ``submit`` only on a
+        full queue, which spares them a coroutine per packet.
+        """
+        queue = self._queue
+        assert queue is not None
+        if queue.full():
+            return False
+        self.submit_nowait(job)  # cannot find the queue full now: nothing ran in between
+        return True
+
     def submit_nowait(self, job: Job) -> None:
         """Queue a job or answer it RESOURCE_EXHAUSTED when the queue is full."""
         if not self._admit(job):

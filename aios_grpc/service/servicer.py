@@ -320,6 +320,8 @@ class _Stream:
                         deadline = min(deadline, own) if deadline else own
                     slot = self.replies.slot(packet.session_id, packet.seq_no)
                     job = Job(packet, slot, deadline=deadline, source="grpc", trace=self.trace)
+                    if scheduler.try_submit(job):
+                        continue
                     try:
                         await scheduler.submit(job)
                     except asyncio.CancelledError:

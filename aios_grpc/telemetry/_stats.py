@@ -10,10 +10,10 @@ exporters' readers turn them into the SDK's ``Metric`` data when they collect
 
 from __future__ import annotations
 
-import bisect
 import math
 import threading
 import time
+from bisect import bisect_left
 from collections.abc import Sequence
 
 from opentelemetry.sdk.metrics.export import (
@@ -94,7 +94,7 @@ class Histo:
             s = self.series.get(key)
             if s is None:
                 s = self.series[key] = _Series(len(self.bounds) + 1)
-            s.counts[bisect.bisect_left(self.bounds, value)] += 1
+            s.counts[bisect_left(self.bounds, value)] += 1
             s.sum += value
             s.count += 1
             if value < s.min:
