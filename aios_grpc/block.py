@@ -10,7 +10,6 @@ called where the caller stands (the scheduler runs them in its worker threads);
 from __future__ import annotations
 
 import inspect
-import json
 from collections.abc import Callable, Iterator
 from types import GeneratorType
 from typing import Any
@@ -115,7 +114,7 @@ class BlockAdapter:
             )
         if validate_json and isinstance(packet.data, str) and packet.data:
             try:
-                json.loads(packet.data)
+                packet.check_json()  # kept for the block's own packet.json(): one parse, not two
             except ValueError as exc:
                 raise InvalidPacket(f"packet data is not valid JSON: {exc}", stage="decode") from None
 

@@ -44,12 +44,33 @@ class AIOSPacket:
     files: list[FileInfo] = field(default_factory=list)
     headers: dict[str, str] = field(default_factory=dict)
     deadline: float = 0.0
+    # What check_json parsed, and the data it was parsed from: the next json() call
+    # takes it instead of parsing the same text a second time.
+    _parsed: Any = field(default=None, init=False, repr=False, compare=False)
+    _parsed_from: Any = field(default=None, init=False, repr=False, compare=False)
 
     def json(self) -> Any:
-        """``data`` parsed from JSON (returned as is when it is already a dict or list)."""
-        if isinstance(self.data, str | bytes):
-            return json.loads(self.data) if self.data else {}
-        return self.data
+        """``data`` parsed from JSON (returned as is when it is already a dict or list).
+
+        Each call returns a value of its own (changing it changes nothing else).
+        """
+        data = self.data
+        if isinstance(data, str | bytes):
+            if not data:
+                return {}
+            if self._parsed_from is data:
+                # The SDK's check parsed it already; hand that value over once.
+                value, self._parsed, self._parsed_from = self._parsed, None, None
+                return value
+            return json.loads(data)
+        return data
+
+    def check_json(self) -> None:
+        """Raise ``ValueError`` when ``data`` (text) is not JSON; the next ``json()`` reuses the parse."""
+        data = self.data
+        if isinstance(data, str | bytes) and data:
+            self._parsed = json.loads(data)
+            self._parsed_from = data
 
     def SerializeToString(self) -> bytes:
         """The packet as protobuf bytes (``aios.block.v1.Packet``, wire-compatible with AIOSPacket)."""
