@@ -73,6 +73,8 @@ class Settings(BaseSettings):
     """Threads that run plain (non-async) block methods."""
     max_chunk: int = Field(32, ge=1, le=4096, validation_alias=_env("MAX_CHUNK"))
     """Most queued packets one worker thread takes in one hand-off (amortises the hop)."""
+    gather_s: float = Field(0.001, ge=0, le=1.0, validation_alias=_env("GATHER_S"))
+    """Seconds a fast block's chunk waits for more packets from a pipelining client (0: never waits)."""
     max_queued: int = Field(1024, ge=1, validation_alias=_env("MAX_QUEUED"))
     """Packets waiting for a worker, over all streams; a full queue pauses the readers."""
     stream_max_in_flight: int = Field(256, ge=1, validation_alias=_env("STREAM_MAX_IN_FLIGHT"))

@@ -66,9 +66,6 @@ _FAST_JOB_S = 0.0001
 # A chunk in flight for longer than this is taken for stuck (a slow packet in a fast
 # block): the other workers stop waiting for it and use the other threads.
 _GATE_S = 0.001
-# How long a fast block's chunk waits for more packets when the client pipelines: up
-# to this much latency buys chunks of ~10 packets at 1 stream instead of ~2.
-_GATHER_S = 0.001
 
 
 class Scheduler:
@@ -411,7 +408,8 @@ class Scheduler:
         than ``_GATE_S`` is taken for stuck (a slow packet in a fast block) and no
         longer waited for. When packets came in behind unanswered packets of their
         stream since the last chunk (a pipelining client, so more are on their way),
-        the chunk also waits until its first packet is ``_GATHER_S`` old.
+        the chunk also waits until its first packet is ``settings.gather_s`` old (up to 1 ms
+        of latency buys chunks of ~10 packets at 1 stream instead of ~2).
         """
         loop = self._loop
         assert loop is not None
@@ -429,9 +427,9 @@ class Scheduler:
             self._fill(queue, jobs, limit)
         if len(jobs) >= limit:
             return
-        if self.pipelined_arrivals != self._pipelined_seen:
+        if self.pipelined_arrivals != self._pipelined_seen and self.settings.gather_s > 0:
             self._pipelined_seen = self.pipelined_arrivals
-            delay = jobs[0].received + _GATHER_S - time.monotonic()
+            delay = jobs[0].received + self.settings.gather_s - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
                 self._fill(queue, jobs, limit)
