@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -39,4 +40,23 @@ async def pause(failures: int, what: str, exc: BaseException) -> None:
     await asyncio.sleep(delay)
 
 
-__all__ = ["TRANSIENT", "decode_packet", "pause"]
+async def keep_reading(read_forever: Callable[[], Awaitable[None]], what: str, stopping: Callable[[], bool]) -> None:
+    """Run ``read_forever`` until ``stopping()``, starting it again after any error.
+
+    A Redis error that is not a lost connection (a key of the wrong type, a
+    misconfiguration) is logged and retried with a capped delay: a reader never dies
+    silently. Cancellation ends it.
+    """
+    failures = 0
+    while not stopping():
+        try:
+            await read_forever()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            failures += 1
+            log.error("reading %s failed: %s: %s", what, type(exc).__name__, exc)
+            await asyncio.sleep(min(5.0, 0.1 * 2 ** min(failures, 6)))
+
+
+__all__ = ["TRANSIENT", "decode_packet", "keep_reading", "pause"]

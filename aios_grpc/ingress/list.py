@@ -30,7 +30,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from aios_grpc.errors import PacketError, status_of
-from aios_grpc.ingress._base import TRANSIENT, decode_packet, pause
+from aios_grpc.ingress._base import TRANSIENT, decode_packet, keep_reading, pause
 from aios_grpc.scheduler.core import Scheduler
 from aios_grpc.scheduler.job import Job, Kind, Result
 
@@ -124,18 +124,7 @@ class ListIngress:
         return moved
 
     async def _read(self) -> None:
-        # A Redis error that is not a lost connection (a key of the wrong type, a
-        # misconfiguration) is logged and retried: the reader never dies silently.
-        failures = 0
-        while not self._stopping:
-            try:
-                await self._read_forever()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                failures += 1
-                log.error("reading %s failed: %s: %s", self.queue, type(exc).__name__, exc)
-                await asyncio.sleep(min(5.0, 0.1 * 2 ** min(failures, 6)))
+        await keep_reading(self._read_forever, self.queue, lambda: self._stopping)
 
     async def _read_forever(self) -> None:
         failures = 0

@@ -35,7 +35,7 @@ from redis.exceptions import ResponseError
 
 from aios_grpc.converters import packet_to_proto
 from aios_grpc.errors import PacketError, status_of
-from aios_grpc.ingress._base import TRANSIENT, decode_packet, pause
+from aios_grpc.ingress._base import TRANSIENT, decode_packet, keep_reading, pause
 from aios_grpc.scheduler.core import Scheduler
 from aios_grpc.scheduler.job import Job, Kind, Result
 
@@ -171,18 +171,7 @@ class StreamIngress:
     # -- reading ---------------------------------------------------------------------
 
     async def _read(self) -> None:
-        # A Redis error that is not a lost connection (a key of the wrong type, a
-        # misconfiguration) is logged and retried: the reader never dies silently.
-        failures = 0
-        while not self._stopping:
-            try:
-                await self._read_forever()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                failures += 1
-                log.error("reading %s failed: %s: %s", self.stream, type(exc).__name__, exc)
-                await asyncio.sleep(min(5.0, 0.1 * 2 ** min(failures, 6)))
+        await keep_reading(self._read_forever, self.stream, lambda: self._stopping)
 
     def _free(self) -> int:
         """How many entries a read may take now (the window minus what is unanswered)."""
