@@ -192,9 +192,16 @@ class AsyncProcessStream:
 
     async def _put(self, item: Any) -> bool:
         """Queue ``item``, waiting while the queue is full; False when the stream ended."""
+        try:
+            # The usual case: room in the queue, so no timer and no task per packet.
+            self._queue.put_nowait(item)
+            return True
+        except asyncio.QueueFull:
+            pass
         while True:
             try:
-                await asyncio.wait_for(self._queue.put(item), 0.1)
+                async with asyncio.timeout(0.1):
+                    await self._queue.put(item)
                 return True
             except TimeoutError:
                 if self._call.done():

@@ -346,9 +346,12 @@ async def async_window_requests(
             if window.remaining() <= 0:
                 break
             try:
-                window.take(await asyncio.wait_for(source.get(), window.remaining()))
+                # asyncio.timeout, unlike wait_for, starts no task per packet.
+                async with asyncio.timeout(window.remaining()):
+                    item = await source.get()
             except TimeoutError:
                 break
+            window.take(item)
         for request in window.requests():
             yield request
         item = END if window.tail is END else await source.get()
