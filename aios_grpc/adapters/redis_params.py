@@ -34,9 +34,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from aios_grpc.adapters.redis_retry import TRANSIENT, pause
 
 log = logging.getLogger("aios_grpc.parameters")
 
@@ -48,8 +48,6 @@ MAX_LEN = 1000
 # Updates kept while Redis is unreachable; past this the oldest are dropped (logged),
 # though the current parameters still reach a later instance through a later update.
 MAX_OUTBOX = 1000
-# Errors after which the same command may work again (a restart, a network blip).
-TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 class ParameterBroadcast:
@@ -132,7 +130,7 @@ class ParameterBroadcast:
                 raise
             except TRANSIENT as exc:
                 failures += 1
-                await _pause(failures, f"broadcasting parameters on {self.stream}", exc)
+                await pause(failures, f"broadcasting parameters on {self.stream}", exc)
                 continue
             except Exception as exc:
                 # Not retryable (a key of the wrong type...): this update is not broadcast.
@@ -205,7 +203,7 @@ class ParameterBroadcast:
                 resync = True
                 if not isinstance(exc, TRANSIENT):
                     log.error("reading parameter updates on %s failed: %s: %s", self.stream, type(exc).__name__, exc)
-                await _pause(failures, f"reading parameter updates on {self.stream}", exc)
+                await pause(failures, f"reading parameter updates on {self.stream}", exc)
                 continue
             for _, entries in reply or []:
                 for entry_id, fields in entries:
@@ -242,7 +240,7 @@ class ParameterBroadcast:
                 raise
             except Exception as exc:
                 failures += 1
-                await _pause(failures, f"reading {self.updates_list}", exc)
+                await pause(failures, f"reading {self.updates_list}", exc)
                 continue
             if item is None:
                 continue
@@ -269,13 +267,6 @@ class ParameterBroadcast:
             await asyncio.wait(self._tasks, timeout=3.0)
         self._tasks = []
         await self.client.aclose()
-
-
-async def _pause(failures: int, what: str, exc: BaseException) -> None:
-    """Sleep a capped exponential delay after ``failures`` errors in a row (logged now and then)."""
-    if failures == 1 or failures % 20 == 0:
-        log.warning("%s: %s (retrying, %d failures in a row)", what, exc, failures)
-    await asyncio.sleep(min(2.0, 0.05 * 2 ** min(failures, 10)))
 
 
 __all__ = ["MAX_LEN", "ParameterBroadcast"]

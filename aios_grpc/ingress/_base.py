@@ -7,10 +7,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-
 from aios_grpc._pb import pb
+from aios_grpc.adapters.redis_retry import TRANSIENT, pause
 from aios_grpc.converters import packet_from_proto
 from aios_grpc.errors import InvalidPacket
 from aios_grpc.packet import AIOSPacket
@@ -18,7 +16,6 @@ from aios_grpc.packet import AIOSPacket
 log = logging.getLogger("aios_grpc.ingress")
 
 # Errors after which the same Redis command may work again (a restart, a network blip).
-TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 def decode_packet(payload: Any) -> AIOSPacket:
@@ -30,14 +27,6 @@ def decode_packet(payload: Any) -> AIOSPacket:
     except Exception as exc:
         raise InvalidPacket(f"entry is not an aios.block.v1.Packet: {exc}", stage="decode") from None
     return packet_from_proto(msg)
-
-
-async def pause(failures: int, what: str, exc: BaseException) -> None:
-    """Sleep a capped exponential delay after ``failures`` transient errors in a row."""
-    delay = min(2.0, 0.05 * 2 ** min(failures, 10))
-    if failures == 1 or failures % 20 == 0:
-        log.warning("%s: %s (retrying, %d failures in a row)", what, exc, failures)
-    await asyncio.sleep(delay)
 
 
 async def keep_reading(read_forever: Callable[[], Awaitable[None]], what: str, stopping: Callable[[], bool]) -> None:
