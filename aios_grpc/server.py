@@ -194,6 +194,9 @@ class BlockServer:
         # Every packet read so far is answered (or the grace period is over): end the open
         # streams cleanly instead of letting grpc cancel them at the end of the grace period.
         self.servicer.end_streams()
+        # Health Watch streams too: each has had NOT_SERVING; left open, grpc would wait
+        # the whole grace period for them.
+        self.health.end_watches()
         if self._server is not None:
             # grpc is told last: until now health answered NOT_SERVING and a new Process call
             # was refused UNAVAILABLE by the servicer (the scheduler no longer accepts). A call

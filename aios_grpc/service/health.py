@@ -13,6 +13,11 @@ never calls ``health()``.
 with slow ``on_data`` calls must not make a healthy block look dead. A ``health()``
 call that never returns keeps that thread; later checks see it still running and
 report unhealthy instead of starting another.
+
+Open ``Watch`` streams (client-side load balancers keep one per server) are ended by
+``end_watches()`` once the drain is over: each gets the NOT_SERVING update, then its
+stream ends with OK, so a watcher does not hold the server's shutdown until the grace
+period ends. A ``Watch`` opened after that gets the current status and ends at once.
 """
 
 from __future__ import annotations
@@ -23,8 +28,8 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+import grpc
 from grpc_health.v1 import health_pb2
-from grpc_health.v1._async import HealthServicer
 
 from aios_grpc._pb import SERVICE_NAME
 from aios_grpc.block import BlockAdapter
@@ -51,11 +56,73 @@ def healthy(report: Any) -> tuple[bool, str]:
     return False, f"health() returned {report!r}"
 
 
+class HealthService:
+    """``grpc.health.v1.Health`` (Check, List, Watch) over one stored status per service name.
+
+    grpcio's own asyncio servicer cannot end a ``Watch``: its streams stay open until the
+    client leaves or the server's grace period cancels them.
+    """
+
+    def __init__(self) -> None:
+        self._status: dict[str, health_pb2.HealthCheckResponse.ServingStatus.ValueType] = {}
+        self._changed: asyncio.Event | None = None  # replaced on every change; made on the loop
+        self._ended = False
+
+    def set(self, service: str, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
+        """Store ``status`` for ``service`` and wake the watchers."""
+        self._status[service] = status
+        self._wake()
+
+    def end_watches(self) -> None:
+        """End every open ``Watch`` once it sent the current status (and every later one at once)."""
+        self._ended = True
+        self._wake()
+
+    def _wake(self) -> None:
+        event, self._changed = self._changed, None
+        if event is not None:
+            event.set()
+
+    async def Check(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> health_pb2.HealthCheckResponse:
+        """The stored status; NOT_FOUND for a service name never set."""
+        status = self._status.get(request.service)
+        if status is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
+        return health_pb2.HealthCheckResponse(status=status)
+
+    async def List(
+        self, request: health_pb2.HealthListRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> health_pb2.HealthListResponse:
+        """Every service name with its status."""
+        response = health_pb2.HealthListResponse()
+        for name, status in self._status.items():
+            response.statuses[name].status = status
+        return response
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        """Send the status now and on every change (SERVICE_UNKNOWN for a name never set)."""
+        last: int | None = None
+        while True:
+            # Taken before the status is read: a change during the write below sets it.
+            if self._changed is None:
+                self._changed = asyncio.Event()
+            changed = self._changed
+            status = self._status.get(request.service, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
+            if status != last:
+                await context.write(health_pb2.HealthCheckResponse(status=status))
+                last = status
+            if self._ended:
+                return
+            await changed.wait()
+
+
 class HealthMonitor:
     """Owns the health servicer and decides what it reports."""
 
     def __init__(self, interval_s: float, timeout_s: float, *, stall_s: float = 0.0) -> None:
-        self.servicer = HealthServicer()
+        self.servicer = HealthService()
         self.interval_s = interval_s
         self.timeout_s = timeout_s
         self.stall_s = stall_s
@@ -82,7 +149,7 @@ class HealthMonitor:
         self.reason = reason
         status = SERVING if serving else NOT_SERVING
         for name in SERVICES:
-            await self.servicer.set(name, status)
+            self.servicer.set(name, status)
 
     async def start(self) -> None:
         """Report NOT_SERVING while the block starts."""
@@ -176,6 +243,10 @@ class HealthMonitor:
             self._task.cancel()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def end_watches(self) -> None:
+        """End the open ``Watch`` streams (after ``drain``: their last update is NOT_SERVING)."""
+        self.servicer.end_watches()
 
 
 class _StillRunning(Exception):

@@ -25,6 +25,7 @@ class Watcher:
 
     def __init__(self, address: str, service: str = "") -> None:
         self.statuses: list[str] = []
+        self.code: grpc.StatusCode | None = None  # how the stream ended
         self.channel = grpc.insecure_channel(address)
         stub = health_pb2_grpc.HealthStub(self.channel)
         self.call = stub.Watch(health_pb2.HealthCheckRequest(service=service), timeout=60)
@@ -35,8 +36,9 @@ class Watcher:
         try:
             for response in self.call:
                 self.statuses.append(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
-        except grpc.RpcError:
-            pass
+            self.code = self.call.code()
+        except grpc.RpcError as exc:
+            self.code = exc.code()
 
     def wait(self, count: int) -> list[str]:
         wait_for(lambda: len(self.statuses) >= count, what=f"{count} statuses, have {self.statuses}")
@@ -111,6 +113,65 @@ def test_transitions_start_unhealthy_healthy_drain(spawn: Any) -> None:
     assert "health() reported status 'degraded'" in log
     assert "health() raised RuntimeError: GPU lost" in log
     assert "NOT_SERVING (draining)" in log
+
+
+def test_an_open_watch_ends_on_drain_instead_of_holding_the_grace_period(spawn: Any) -> None:
+    # A client-side load balancer keeps a Watch open for as long as the server lives. On
+    # SIGTERM it must read NOT_SERVING, then the stream ends (OK) and the process exits
+    # long before the grace period, which is for packets in flight, not for watchers.
+    grace = 30.0
+    proc = spawn("tests.blocks.basic:EchoBlock", env={"AIOS_GRACE_PERIOD_S": str(grace)})
+    watchers = [Watcher(proc.address), Watcher(proc.address, SERVICE)]
+    try:
+        for w in watchers:
+            wait_for(lambda w=w: w.statuses[-1:] == ["SERVING"], what=f"SERVING, have {w.statuses}")
+        start = time.monotonic()
+        proc.proc.send_signal(signal.SIGTERM)
+        try:
+            proc.proc.wait(grace / 6)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"still running {grace / 6:g}s after SIGTERM (grace period {grace:g}s)") from None
+        elapsed = time.monotonic() - start
+        for w in watchers:
+            w.thread.join(5)
+            assert not w.thread.is_alive()
+            assert w.statuses[-1] == "NOT_SERVING" and w.code == grpc.StatusCode.OK, (w.statuses, w.code)
+    finally:
+        for w in watchers:
+            w.close()
+    assert proc.proc.returncode == 0
+    assert elapsed < grace / 6
+    assert "NOT_SERVING (draining)" in proc.rest_of_log()
+
+
+def test_watch_of_an_unknown_service_and_after_the_watches_ended(serve: Any) -> None:
+    served = serve(EchoBlock)
+    unknown, open_one = Watcher(served.address, "no.such.Service"), Watcher(served.address)
+    try:
+        assert unknown.wait(1) == ["SERVICE_UNKNOWN"]
+        assert open_one.wait(1) == ["SERVING"]
+        with grpc.insecure_channel(served.address) as channel:
+            listed = health_pb2_grpc.HealthStub(channel).List(health_pb2.HealthListRequest(), timeout=10)
+        assert {name: s.status for name, s in listed.statuses.items()} == {
+            "": health_pb2.HealthCheckResponse.SERVING,
+            SERVICE: health_pb2.HealthCheckResponse.SERVING,
+        }
+
+        async def drained() -> None:
+            served.server.health.end_watches()  # not draining: the status stays SERVING
+
+        served.call(drained())
+        for w in (unknown, open_one):
+            w.thread.join(5)
+            assert w.code == grpc.StatusCode.OK
+        assert open_one.statuses == ["SERVING"]
+        late = Watcher(served.address, SERVICE)
+        late.thread.join(5)
+        assert late.statuses == ["SERVING"] and late.code == grpc.StatusCode.OK
+        late.close()
+    finally:
+        unknown.close()
+        open_one.close()
 
 
 def test_stalled_scheduler_is_not_serving_until_it_moves(serve: Any) -> None:
