@@ -47,12 +47,18 @@ def fill_packet(msg: pb.Packet, packet: AIOSPacket) -> None:
     data = packet.data
     if not isinstance(data, str):
         data = data.decode() if isinstance(data, bytes) else json.dumps(data)
-    msg.session_id = packet.session_id
-    msg.seq_no = packet.seq_no
-    msg.data = data
-    msg.ts = packet.ts
-    msg.output_ptr = packet.output_ptr
-    msg.deadline = packet.deadline
+    msg.ts = packet.ts  # always set: it marks ``msg`` present inside its parent message
+    # The other fields stay unset when at their default: the same message, fewer calls into upb.
+    if packet.session_id:
+        msg.session_id = packet.session_id
+    if packet.seq_no:
+        msg.seq_no = packet.seq_no
+    if data:
+        msg.data = data
+    if packet.output_ptr:
+        msg.output_ptr = packet.output_ptr
+    if packet.deadline:
+        msg.deadline = packet.deadline
     if packet.files:
         msg.files.extend(pb.FileInfo(metadata=f.metadata, file_data=f.file_data) for f in packet.files)
     if packet.headers:

@@ -12,8 +12,29 @@ They keep the names and attributes of the original AIOS Instance SDK, so a block
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+# JSONDecoder sets scan_once (its C scanner) in __init__; typeshed does not declare it.
+_scan_once: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
+def loads(text: str | bytes) -> Any:
+    """``json.loads(text)``, with fewer Python calls for the usual document.
+
+    The decoder's C scanner parses a document that starts and ends without
+    whitespace in one call; anything else (whitespace around it, bytes, an error)
+    goes through ``json.loads``, which gives the same value or the same error.
+    """
+    if type(text) is str:
+        try:
+            value, end = _scan_once(text, 0)
+        except StopIteration:
+            return json.loads(text)
+        if end == len(text):
+            return value
+    return json.loads(text)
 
 
 @dataclass(slots=True)
@@ -62,14 +83,14 @@ class AIOSPacket:
                 # The SDK's check parsed it already; hand that value over once.
                 value, self._parsed, self._parsed_from = self._parsed, None, None
                 return value
-            return json.loads(data)
+            return loads(data)
         return data
 
     def check_json(self) -> None:
         """Raise ``ValueError`` when ``data`` (text) is not JSON; the next ``json()`` reuses the parse."""
         data = self.data
         if isinstance(data, str | bytes) and data:
-            self._parsed = json.loads(data)
+            self._parsed = loads(data)
             self._parsed_from = data
 
     def SerializeToString(self) -> bytes:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from aios_grpc.errors import BlockCodeError, ConfigurationError, PacketError, Unavailable
 from aios_grpc.muxing import Batcher
 from aios_grpc.packet import AIOSPacket, OnDataResult, PreProcessResult
-from aios_grpc.scheduler.job import Job, Kind, Result
+from aios_grpc.scheduler.job import Job, JobQueue, Kind, Result
 
 if TYPE_CHECKING:
     from aios_grpc.scheduler.core import Scheduler
@@ -91,7 +91,7 @@ class BatchStage:
 
     # -- forming -----------------------------------------------------------------------
 
-    async def run(self, queue: asyncio.Queue[Job]) -> None:
+    async def run(self, queue: JobQueue) -> None:
         """Form batches until cancelled."""
         while True:
             first = await queue.get()

@@ -47,13 +47,15 @@ from aios_grpc.muxing import Batcher, Muxer
 from aios_grpc.packet import AIOSPacket, OnDataResult
 from aios_grpc.routing import Router
 from aios_grpc.scheduler.batcher import BatchStage
-from aios_grpc.scheduler.job import Job, Kind, Result
+from aios_grpc.scheduler.job import Job, JobQueue, Kind, Result, wake_first
 from aios_grpc.scheduler.muxer import MuxStage
 from aios_grpc.scheduler.watchdog import LoopWatchdog
 from aios_grpc.settings import Settings
 from aios_grpc.telemetry import Telemetry
 
 log = logging.getLogger("aios_grpc.scheduler")
+
+_OK = Kind.OK
 
 # A chunk should keep a worker thread busy for about this long: long enough to
 # amortise the hand-off, short enough that a slow packet does not hold many others.
@@ -84,6 +86,8 @@ class Scheduler:
         self.settings = settings
         self.telemetry = telemetry or Telemetry()
         self.router = router or Router()
+        # Whether outputs may go anywhere but back to the caller (Router.wants overridden).
+        self._routed = type(self.router).wants is not Router.wants
         self.executor = executor or self.make_executor(settings)
         self.muxer: Muxer | None = None
         self.batcher: Batcher | None = None
@@ -93,7 +97,7 @@ class Scheduler:
         self.in_flight = 0
         self.accepting = True
         self.completed = 0
-        self._queue: asyncio.Queue[Job] | None = None
+        self._queue: JobQueue | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._side_tasks: set[asyncio.Task[None]] = set()
         # Streamed (partial) outputs of routed jobs on their way downstream; the job's
@@ -178,7 +182,7 @@ class Scheduler:
         """Create the queue and the worker tasks on the running loop."""
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
-        self._queue = asyncio.Queue(self.settings.max_queued)
+        self._queue = JobQueue(self.settings.max_queued)
         self._idle = asyncio.Event()
         self._idle.set()
         if self.muxer is not None:
@@ -266,7 +270,15 @@ class Scheduler:
         assert queue is not None
         if queue.full():
             return False
-        self.submit_nowait(job)  # cannot find the queue full now: nothing ran in between
+        if self.mux_stage is not None or not self.accepting:
+            self.submit_nowait(job)  # cannot find the queue full now: nothing ran in between
+            return True
+        # The common case, spelled out: this runs once per packet.
+        self.in_flight += 1
+        if self.in_flight == 1:
+            self._idle.clear()  # type: ignore[union-attr]
+        self.telemetry.packet_received(job)
+        queue.put_nowait(job)
         return True
 
     def submit_nowait(self, job: Job) -> None:
@@ -396,9 +408,9 @@ class Scheduler:
 
     def _end_turn(self) -> None:
         self._gathering = False
-        _wake_first(self._turn_waiters)
+        wake_first(self._turn_waiters)
 
-    async def _gather(self, queue: asyncio.Queue[Job], jobs: list[Job], limit: int) -> None:
+    async def _gather(self, queue: JobQueue, jobs: list[Job], limit: int) -> None:
         """Fill a fast block's chunk while the previous chunk is in the pool, and longer
         for a client that does not wait for answers.
 
@@ -438,7 +450,7 @@ class Scheduler:
         self._fill(queue, jobs, limit)
 
     @staticmethod
-    def _fill(queue: asyncio.Queue[Job], jobs: list[Job], limit: int) -> None:
+    def _fill(queue: JobQueue, jobs: list[Job], limit: int) -> None:
         """Add queued jobs to ``jobs`` until it holds ``limit`` or the queue is empty."""
         while len(jobs) < limit:
             try:
@@ -463,20 +475,36 @@ class Scheduler:
                 results = await self._loop.run_in_executor(self.executor, self._run_chunk_sync, jobs)
             finally:
                 self._chunks_started.remove(started)
-                _wake_first(self._pool_waiters)
+                wake_first(self._pool_waiters)
+            if self._routed:
+                for job, res in zip(jobs, results, strict=True):
+                    self._finish(job, res)
+                return
+            answer = self.answer
             for job, res in zip(jobs, results, strict=True):
-                self._finish(job, res)
+                # The common case, one output back to the caller, without _finish's checks.
+                if type(res) is list and len(res) == 1:
+                    answer(job, Result(_OK, output=res[0]))
+                else:
+                    self._finish(job, res)
         else:
             await asyncio.gather(*(self._run_one_async(job) for job in jobs))
 
     def _run_chunk_sync(self, jobs: list[Job]) -> list[list[AIOSPacket] | BaseException]:
         out: list[list[AIOSPacket] | BaseException] = []
         start = time.perf_counter()
+        run_sync = self.block.run_sync
+        output_packet = self.output_packet
+        check = self._check
+        emit = self._emit_output
         for job in jobs:
             try:
-                self._check(job)
-                outputs = self.block.run_sync(job.packet, functools.partial(self._emit_output, job))
-                out.append([self.output_packet(job, o) for o in outputs])
+                check(job)
+                outputs = run_sync(job.packet, functools.partial(emit, job))
+                if len(outputs) == 1:
+                    out.append([output_packet(job, outputs[0])])
+                else:
+                    out.append([output_packet(job, o) for o in outputs])
             except Exception as exc:
                 out.append(exc)
         elapsed = (time.perf_counter() - start) / len(jobs)
@@ -515,14 +543,9 @@ class Scheduler:
             except (TypeError, ValueError) as exc:
                 raise BlockCodeError(f"output is not JSON-serializable: {exc}", stage="data") from None
         packet = job.packet
+        # Positional: AIOSPacket(session_id, seq_no, data, ts, output_ptr, files, headers).
         return AIOSPacket(
-            session_id=packet.session_id,
-            seq_no=packet.seq_no,
-            data=data,
-            ts=time.time(),
-            output_ptr=packet.output_ptr,
-            files=result.files,
-            headers=packet.headers,
+            packet.session_id, packet.seq_no, data, time.time(), packet.output_ptr, result.files, packet.headers
         )
 
     def _finish(self, job: Job, res: list[AIOSPacket] | BaseException) -> None:
@@ -568,14 +591,6 @@ def _wake(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
 
-
-def _wake_first(waiters: deque[asyncio.Future[None]]) -> None:
-    """Wake the oldest waiter still waiting."""
-    while waiters:
-        waiter = waiters.popleft()
-        if not waiter.done():
-            waiter.set_result(None)
-            return
 
 
 __all__ = ["Scheduler"]

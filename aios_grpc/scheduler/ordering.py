@@ -11,9 +11,12 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 
-from aios_grpc.scheduler.job import Result
+from aios_grpc.scheduler.job import Kind, Result
 
 Emit = Callable[[str, int, Result], None]
+
+
+_PARTIAL = Kind.PARTIAL
 
 
 class _Slot:
@@ -27,7 +30,32 @@ class _Slot:
         self.done = False
 
     def __call__(self, result: Result) -> None:
-        self.owner._on_result(self, result)
+        # Runs once per answer: kept in one frame, with the in-order case first.
+        if self.done:
+            return  # a second terminal answer would break "exactly once"; ignore it
+        owner = self.owner
+        queue = owner._sessions[self.session_id]
+        terminal = result.kind is not _PARTIAL
+        if queue[0] is not self:
+            if self.held is None:
+                self.held = []
+            self.held.append(result)
+            if terminal:
+                self.done = True
+            return
+        if not terminal:
+            owner._emit(self.session_id, self.seq_no, result)
+            return
+        # Count the slot closed before emitting, so that the emitter sees
+        # open_slots == 0 on the last terminal result of the stream.
+        self.done = True
+        owner.open_slots -= 1
+        queue.popleft()
+        owner._emit(self.session_id, self.seq_no, result)
+        if queue:
+            owner._release(queue)
+        if not queue:
+            owner._sessions.pop(self.session_id, None)
 
 
 class OrderedReplies:
@@ -48,27 +76,8 @@ class OrderedReplies:
         self.open_slots += 1
         return slot
 
-    def _on_result(self, slot: _Slot, result: Result) -> None:
-        if slot.done:
-            return  # a second terminal answer would break "exactly once"; ignore it
-        queue = self._sessions[slot.session_id]
-        if queue[0] is not slot:
-            if slot.held is None:
-                slot.held = []
-            slot.held.append(result)
-            if result.terminal:
-                slot.done = True
-            return
-        if result.terminal:
-            # Count the slot closed before emitting, so that the emitter sees
-            # open_slots == 0 on the last terminal result of the stream.
-            slot.done = True
-            self.open_slots -= 1
-            queue.popleft()
-        self._emit(slot.session_id, slot.seq_no, result)
-        if not result.terminal:
-            return
-        # Release the packets that were waiting behind this one.
+    def _release(self, queue: deque[_Slot]) -> None:
+        """Send what the packets at the head of ``queue`` held back while they waited."""
         while queue:
             head = queue[0]
             held, head.held = head.held, None
@@ -79,5 +88,3 @@ class OrderedReplies:
                 self._emit(head.session_id, head.seq_no, item)
             if not head.done:
                 break
-        if not queue:
-            self._sessions.pop(slot.session_id, None)

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
@@ -278,11 +278,16 @@ class _Stream:
             return
         # The response message is built by the writer, straight into the message it sends.
         self.out.put_nowait((session_id, seq_no, result))
-        if result.terminal and not self.reading and self.replies.open_slots == 0:
+        if not self.reading and result.kind is not _PARTIAL and self.replies.open_slots == 0:
             self.out.put_nowait(_END)
 
     async def read(self, requests: AsyncIterator[pb.ProcessRequest]) -> None:
         scheduler = self.scheduler
+        window = self.window
+        replies = self.replies
+        try_submit = scheduler.try_submit
+        trace = self.trace
+        messages: Sequence[pb.Packet]
         try:
             async for request in requests:
                 if request.packets:
@@ -291,10 +296,10 @@ class _Stream:
                     if request.HasField("packet"):
                         messages.insert(0, request.packet)
                 elif request.HasField("packet"):
-                    messages = [request.packet]
+                    messages = (request.packet,)
                 else:
-                    await self.window.acquire()
-                    self.replies.slot("", 0)(
+                    await window.acquire()
+                    replies.slot("", 0)(
                         Result(
                             Kind.ERROR,
                             error=InvalidPacket(
@@ -303,24 +308,31 @@ class _Stream:
                         )
                     )
                     continue
-                for i, msg in enumerate(messages):
-                    if not self.window.try_acquire():
+                taken = 0
+                for msg in messages:
+                    if not window.try_acquire():
                         try:
-                            await self.window.acquire()
+                            await window.acquire()
                         except asyncio.CancelledError:
-                            self._refuse(messages[i:])
+                            self._refuse(messages[taken:])
                             raise
+                    taken += 1
                     packet = packet_from_proto(msg)
-                    if self.replies.open_slots:
+                    if replies.open_slots:
                         scheduler.pipelined_arrivals += 1
                     deadline = self.deadline
                     if packet.deadline:
                         # The packet's own deadline is wall-clock; turn it into monotonic time.
                         own = time.monotonic() + (packet.deadline - time.time())
                         deadline = min(deadline, own) if deadline else own
-                    slot = self.replies.slot(packet.session_id, packet.seq_no)
-                    job = Job(packet, slot, deadline=deadline, source="grpc", trace=self.trace)
-                    if scheduler.try_submit(job):
+                    job = Job(
+                        packet,
+                        replies.slot(packet.session_id, packet.seq_no),
+                        deadline=deadline,
+                        source="grpc",
+                        trace=trace,
+                    )
+                    if try_submit(job):
                         continue
                     try:
                         await scheduler.submit(job)
@@ -333,7 +345,7 @@ class _Stream:
                                 error=Unavailable("block is draining; retry on another instance", stage="queue"),
                             ),
                         )
-                        self._refuse(messages[i + 1 :])
+                        self._refuse(messages[taken:])
                         raise
         except asyncio.CancelledError:
             if not self.stopping:
@@ -343,7 +355,7 @@ class _Stream:
             if self.replies.open_slots == 0:
                 self.out.put_nowait(_END)
 
-    def _refuse(self, messages: list[pb.Packet]) -> None:
+    def _refuse(self, messages: Sequence[pb.Packet]) -> None:
         """Answer packets read but never handed to the scheduler (the stream stopped)."""
         for msg in messages:
             self.replies.slot(msg.session_id, msg.seq_no)(
@@ -360,8 +372,10 @@ class _Stream:
 def _fill_result(msg: pb.PacketResult, item: tuple[str, int, Result]) -> None:
     """Set ``msg`` (inside the response being built) from one ``(session_id, seq_no, result)``."""
     session_id, seq_no, result = item
-    msg.session_id = session_id
-    msg.seq_no = seq_no
+    if session_id:
+        msg.session_id = session_id
+    if seq_no:
+        msg.seq_no = seq_no
     msg.kind = result.kind  # type: ignore[assignment]  # Kind's numbers are ResultKind's
     if result.output is not None:
         fill_packet(msg.output, result.output)

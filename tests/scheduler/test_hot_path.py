@@ -103,3 +103,35 @@ def test_the_json_check_parses_once_and_json_still_gives_each_caller_its_own_val
     assert AIOSPacket(data="").json() == {}
     with pytest.raises(InvalidPacket, match="not valid JSON"):
         BlockAdapter.validate_packet(AIOSPacket(data="{nope"), True, 8)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a": 1}',
+        ' {"a": 1}',
+        '{"a": 1}\n',
+        "[1, 2.5, null]",
+        '"text"',
+        "7",
+        "NaN",
+        '{"a": 1e400}',
+        b'{"b": 2}',
+        '{"a": 1}x',
+        '{"a": 1}{"b": 2}',
+        "{",
+        "tru",
+        "",
+        "   ",
+    ],
+)
+def test_the_fast_json_parse_gives_what_json_loads_gives(text):
+    from aios_grpc.packet import loads
+
+    def outcome(parse):
+        try:
+            return "value", repr(parse(text))
+        except ValueError as exc:
+            return type(exc).__name__, str(exc)
+
+    assert outcome(loads) == outcome(json.loads)
