@@ -53,6 +53,9 @@ class _Slot:
         queue.popleft()
         owner._emit(self.session_id, self.seq_no, result)
         if queue:
+            head = queue[0]
+            if not head.done and not head.held:
+                return  # the next packet is still running: nothing to release
             owner._release(queue)
         if not queue:
             owner._sessions.pop(self.session_id, None)
