@@ -4,7 +4,9 @@ A job is answered only after every output reached every target: a gRPC target
 answered it (terminal result), a Redis target accepted the push. So the sender of
 an input learns that the whole fan-out was delivered, and resends what was never
 answered. Outputs that downstream blocks send back (their own callers' answers)
-are returned to this job's caller.
+are returned to this job's caller. A job with a deadline waits for gRPC targets
+only until then: it is answered DEADLINE_EXCEEDED and its packets leave the links.
+The deadline travels with the outputs, so downstream blocks skip them too.
 
 >>> from aios_grpc.settings import Settings
 >>> router = GraphRouter.from_settings(Settings(route_allow=["127.0.0.1:*"]))
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from typing import TYPE_CHECKING, TypeVar
 
@@ -23,7 +26,7 @@ import grpc
 from redis.exceptions import ResponseError as RedisResponseError
 
 from aios_grpc.converters import code_from_number, packet_from_proto, packet_to_proto
-from aios_grpc.errors import InvalidPacket, PacketError, Unavailable
+from aios_grpc.errors import DeadlineExceeded, InvalidPacket, PacketError, Unavailable
 from aios_grpc.packet import AIOSPacket
 from aios_grpc.routing.base import Router
 from aios_grpc.routing.grpc_link import GrpcLink, LinkUnavailable
@@ -118,8 +121,10 @@ class GraphRouter(Router):
             msg = packet_to_proto(output)
             msg.output_ptr = plan.forward_ptr
             msg.headers[HOPS_HEADER] = str(hops)
+            if job.deadline and not msg.deadline:
+                msg.deadline = time.time() + (job.deadline - time.monotonic())  # wall clock on the wire
             for target in plan.targets:
-                sends.append(self._deliver(target, msg))
+                sends.append(self._deliver(target, msg, job.deadline))
         results = await asyncio.gather(*sends, return_exceptions=True)
         back: list[AIOSPacket] = []
         for res in results:
@@ -129,7 +134,8 @@ class GraphRouter(Router):
                 back.append(res)
         return back
 
-    async def _deliver(self, target: Target, msg: object) -> AIOSPacket | None:
+    async def _deliver(self, target: Target, msg: object, deadline: float = 0.0) -> AIOSPacket | None:
+        """Send ``msg`` to ``target``; ``deadline`` (``time.monotonic()``, 0: none) bounds a gRPC wait."""
         from aios_grpc._pb import pb
 
         assert isinstance(msg, pb.Packet)
@@ -144,10 +150,23 @@ class GraphRouter(Router):
                 finally:
                     self._release(redis_link)
                 return None
+            limit = self.retry_timeout_s + self.answer_timeout_s
+            left = deadline - time.monotonic() if deadline else limit
+            if left <= 0:
+                raise DeadlineExceeded(
+                    f"packet deadline passed before it was sent to {target.describe()}", stage="route"
+                )
             link = self._grpc(target)
             self._in_use[id(link)] += 1
             try:
-                result = await asyncio.wait_for(link.send(msg), self.retry_timeout_s + self.answer_timeout_s)
+                # A timeout cancels the send, which takes the packet out of the link.
+                result = await asyncio.wait_for(link.send(msg), min(limit, left))
+            except TimeoutError:
+                if left < limit:
+                    raise DeadlineExceeded(
+                        f"packet deadline passed before {target.describe()} answered", stage="route"
+                    ) from None
+                raise
             finally:
                 self._release(link)
         except LinkUnavailable as exc:

@@ -7,6 +7,12 @@ out). When the stream breaks (the downstream restarted, the network failed), the
 packets still unanswered are sent again on a new stream: delivery is at least once.
 Reconnects back off exponentially with jitter; a packet that could not be delivered
 within ``retry_timeout_s`` is answered UNAVAILABLE, never dropped silently.
+
+A caller that gives up (its ``send`` is cancelled: the job's deadline passed, the
+router's answer timeout, a shutdown) takes its packet out of the link at once: it is
+not sent or resent, and one already sent leaves an empty place in the waiting list,
+so the downstream's late answer for it is matched to that place and ignored while
+every other packet with the same key still gets its own answer.
 """
 
 from __future__ import annotations
@@ -43,10 +49,19 @@ class _Send:
     order: int = 0  # position in the order packets were handed to the link
     attempts: int = 0
     parked: bool = False  # answered retryable, waiting to be sent again
+    timer: asyncio.TimerHandle | None = None  # the resend of a parked packet
     key: tuple[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
         self.key = (self.packet.session_id, self.packet.seq_no)
+
+
+_NO_PACKET = pb.Packet()
+"""What a packet whose caller gave up is replaced with: the link holds no payload for it."""
+
+# Packets sent on a stream and not answered yet, per (session_id, seq_no), oldest first.
+# None is the place of a packet whose caller gave up: the downstream still answers it.
+_Waiting = dict[tuple[str, int], deque["_Send | None"]]
 
 
 class GrpcLink:
@@ -77,7 +92,7 @@ class GrpcLink:
         self._backlog: deque[_Send] = deque()
         # Sent on the current stream and not answered yet, and answered retryable and
         # waiting to be resent: close() must answer these too, or their callers wait forever.
-        self._waiting: dict[tuple[str, int], deque[_Send]] = {}
+        self._waiting: _Waiting = {}
         self._parked: set[_Send] = set()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -101,7 +116,34 @@ class GrpcLink:
         self._wake.set()
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name=f"aios-link-{self.address}")
-        return await item.future
+        try:
+            return await item.future
+        except asyncio.CancelledError:
+            self._drop(item)
+            raise
+
+    @property
+    def pending(self) -> int:
+        """Packets the link holds for callers still waiting: to send, sent and unanswered, parked."""
+        sent = sum(1 for queue in self._waiting.values() for s in queue if s is not None and not s.future.done())
+        return sent + sum(1 for s in self._backlog if not s.future.done()) + len(self._parked)
+
+    def _drop(self, item: _Send) -> None:
+        """The caller of ``send(item)`` gave up: release its packet, send it no more."""
+        item.packet = _NO_PACKET
+        if item.parked:
+            item.parked = False
+            self._parked.discard(item)
+            if item.timer is not None:
+                item.timer.cancel()
+            return
+        queue = self._waiting.get(item.key)
+        if queue is not None:
+            for i, sent in enumerate(queue):
+                if sent is item:
+                    queue[i] = None  # keeps its place: the next answer for this key is its own
+                    return
+        # Still in the backlog: its future is done, so it is skipped and pruned there.
 
     async def close(self) -> None:
         """Close the stream; packets still waiting get ``LinkUnavailable``."""
@@ -111,7 +153,7 @@ class GrpcLink:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
         self._fail_all(self._backlog, "the router is closing")
-        self._fail_all([s for queue in self._waiting.values() for s in queue], "the router is closing")
+        self._fail_all([s for queue in self._waiting.values() for s in queue if s is not None], "the router is closing")
         self._fail_all(list(self._parked), "the router is closing")
         self._waiting = {}
         self._parked.clear()
@@ -129,7 +171,7 @@ class GrpcLink:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            waiting: dict[tuple[str, int], deque[_Send]] = {}
+            waiting: _Waiting = {}
             self._waiting = waiting
             answered = await self._stream(waiting)
             if answered:
@@ -137,11 +179,17 @@ class GrpcLink:
             # Whatever the broken stream left unanswered goes first on the next one, in the
             # order it was first sent (so each session keeps its order).
             unanswered = sorted(
-                (s for queue in waiting.values() for s in queue if not s.future.done() and not s.parked),
+                (
+                    s
+                    for queue in waiting.values()
+                    for s in queue
+                    if s is not None and not s.future.done() and not s.parked
+                ),
                 key=lambda s: s.order,
             )
             self.resent += len(unanswered)
             self._backlog.extendleft(reversed(unanswered))
+            self._waiting = {}  # that stream is gone: nothing is owed on it any more
             last_error = self._last_error
             failures += 1
             if self._backlog:
@@ -158,7 +206,7 @@ class GrpcLink:
 
     _last_error = ""
 
-    async def _stream(self, waiting: dict[tuple[str, int], deque[_Send]]) -> bool:
+    async def _stream(self, waiting: _Waiting) -> bool:
         """Run one Process stream until it breaks; True when it got at least one answer.
 
         ``waiting`` holds the packets sent on it and not yet answered (per key, in order).
@@ -185,6 +233,7 @@ class GrpcLink:
                         await call.write(pb.ProcessRequest(packet=group[0]))
                     elif group:
                         await call.write(pb.ProcessRequest(packets=group))
+                    group.clear()  # written (copied): the link holds a packet only through its _Send
                     if reader.done():
                         break
                 if reader.done():
@@ -220,7 +269,7 @@ class GrpcLink:
     async def _read(
         self,
         call: grpc.aio.StreamStreamCall[pb.ProcessRequest, pb.ProcessResponse],
-        waiting: dict[tuple[str, int], deque[_Send]],
+        waiting: _Waiting,
         state: dict[str, bool],
     ) -> None:
         loop = asyncio.get_running_loop()
@@ -236,7 +285,8 @@ class GrpcLink:
             for result in results:
                 if result.kind == 3:  # PARTIAL: only terminal results acknowledge a packet
                     continue
-                queue = waiting.get((result.session_id, result.seq_no))
+                key = (result.session_id, result.seq_no)
+                queue = waiting.get(key)
                 if not queue:
                     log.warning(
                         "link %s: answer for unknown packet %s/%s", self.address, result.session_id, result.seq_no
@@ -244,20 +294,22 @@ class GrpcLink:
                     continue
                 item = queue.popleft()
                 if not queue:
-                    del waiting[item.key]
+                    del waiting[key]
                 state["answered"] = True
+                if item is None or item.future.done():
+                    continue  # its caller gave up: nobody to answer
                 if result.kind == 2 and result.error.code in RETRYABLE and loop.time() < item.deadline:
                     # The downstream is draining or full: send again after a pause.
                     delay = self.backoff.delay(item.attempts)
                     item.parked = True
                     self._parked.add(item)
-                    loop.call_later(delay, self._requeue, item)
+                    item.timer = loop.call_later(delay, self._requeue, item)
                     continue
-                if not item.future.done():
-                    item.future.set_result(result)
+                item.future.set_result(result)
 
     def _requeue(self, item: _Send) -> None:
         item.parked = False
+        item.timer = None
         self._parked.discard(item)
         if item.future.done() or self._closed:
             return

@@ -188,3 +188,22 @@ def test_a_packet_past_the_hop_limit_is_refused(serve) -> None:
     assert not results[0].ok and results[0].error.code == grpc.StatusCode.INVALID_ARGUMENT
     assert f"more than {MAX_HOPS} hops" in results[0].error.message
     assert results[1].ok, results[1].error
+
+
+def test_a_routed_packet_whose_deadline_passes_downstream_is_answered_and_leaves_the_link(serve) -> None:
+    b = serve(StageBlock, block_id="b", block_init_parameters={"sleep": 1.0})
+    a = serve(StageBlock, block_id="a", route_allow=ALLOW)
+    ptr = {"outputs": [grpc_target(b.address)]}
+    with BlockClient(a.address) as client:
+        late = make_packet({"tag": "late"}, session_id="s", seq_no=1, output_ptr=ptr, deadline=time.time() + 0.3)
+        results = [r for r in client.process([late], timeout=30) if r.terminal]
+    # Answered at its deadline, while b still works on it (b would answer OK).
+    assert [r.error.code for r in results] == [grpc.StatusCode.DEADLINE_EXCEEDED], results
+    assert results[0].error.retryable and "answered" in results[0].error.message
+    link = a.server.router.grpc_links[b.address]
+    assert link.pending == 0
+    # The same key again: b answers the late packet first; a ignores that answer and
+    # gives this packet its own.
+    again = run_one(a.address, {"tag": "again"}, ptr, session_id="s")
+    assert again.ok and again.data["tag"] == "again" and again.data["path"] == ["a", "b"]
+    assert link.pending == 0 and link.streams_opened == 1
