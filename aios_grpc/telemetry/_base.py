@@ -18,6 +18,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from aios_grpc.block import BlockAdapter
     from aios_grpc.scheduler.job import Job, Result
 
@@ -30,6 +32,15 @@ class Telemetry:
 
     def stage_done(self, job: Job, stage: str, seconds: float) -> None:
         """A stage ("queue", "preprocess", "data", "batch", "route") of a packet ended."""
+
+    def stages_done(self, jobs: Sequence[Job], stage: str, seconds: Sequence[float]) -> None:
+        """``stage`` ended for each of ``jobs``; ``seconds[i]`` is what it took for ``jobs[i]``.
+
+        One call for a whole chunk instead of one ``stage_done`` per job; the default
+        calls ``stage_done`` for each, so a subclass may override either.
+        """
+        for job, took in zip(jobs, seconds, strict=True):
+            self.stage_done(job, stage, took)
 
     def packet_answered(self, job: Job, result: Result) -> None:
         """A packet got its terminal result."""

@@ -27,7 +27,7 @@ import functools
 import inspect
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
@@ -49,7 +49,7 @@ from aios_grpc.telemetry._export import (
     tracing_wanted,
 )
 from aios_grpc.telemetry._metrics import OTelMetricsBackend, attach_backend
-from aios_grpc.telemetry._stats import Key, Stats
+from aios_grpc.telemetry._stats import FOLD_AT, Key, Stats
 
 if TYPE_CHECKING:
     from aios_grpc.block import BlockAdapter
@@ -138,6 +138,13 @@ class Observability(Telemetry):
             "aios_event_loop_lag_seconds", "How late the event loop ran a timer", "s", [], LATENCY_BOUNDS
         )
         self._stage_keys: dict[str, Key] = {name: (name,) for name in STAGES}
+        # The hooks append to these lists directly (see _stats): one C call per sample.
+        self._stage_pending: dict[str, list[float]] = {
+            name: self.stage_seconds.pending_list(key) for name, key in self._stage_keys.items()
+        }
+        self._packet_pending = self.packet_seconds.pending_list()
+        self._received_pending = self.received.pending
+        self._answered_pending = self.answered.pending
 
     def _define_gauges(self) -> None:
         # Gauges are read when a reader collects, so they cost nothing per packet; they
@@ -191,7 +198,10 @@ class Observability(Telemetry):
 
     def packet_received(self, job: Job) -> None:
         """Count the packet; with tracing, open its span and put its context in the headers."""
-        self.received.add((job.source,))
+        pending = self._received_pending
+        pending.append((job.source,))
+        if len(pending) >= FOLD_AT:
+            self.received.fold()
         if self.tracer is None:
             return
         packet = job.packet
@@ -218,7 +228,14 @@ class Observability(Telemetry):
 
     def stage_done(self, job: Job, stage: str, seconds: float) -> None:
         """Time the stage; with tracing, add it to the packet's span as a child span."""
-        self.stage_seconds.observe(seconds, self._stage_keys.get(stage) or (stage,))
+        pending = self._stage_pending.get(stage)
+        if pending is None:
+            pending = self._stage_pending[stage] = self.stage_seconds.pending_list((stage,))
+        pending.append(seconds)
+        if len(pending) >= FOLD_AT:
+            self.stage_seconds.fold()
+        if self.tracer is None:
+            return
         traced = job.trace
         if not isinstance(traced, _Traced) or not traced.recording:
             return
@@ -230,6 +247,20 @@ class Observability(Telemetry):
         child = self.tracer.start_span(f"aios.{stage}", context=traced.ctx, start_time=end - int(seconds * 1e9))
         child.end(end_time=end)
 
+    def stages_done(self, jobs: Sequence[Job], stage: str, seconds: Sequence[float]) -> None:
+        """Time the stage of a whole chunk of jobs; with tracing, as ``stage_done`` per job."""
+        if self.tracer is not None:
+            super().stages_done(jobs, stage, seconds)
+            return
+        if len(seconds) != len(jobs):
+            raise ValueError(f"stages_done: {len(jobs)} jobs but {len(seconds)} durations")
+        pending = self._stage_pending.get(stage)
+        if pending is None:
+            pending = self._stage_pending[stage] = self.stage_seconds.pending_list((stage,))
+        pending.extend(seconds)
+        if len(pending) >= FOLD_AT:
+            self.stage_seconds.fold()
+
     def packet_answered(self, job: Job, result: Result) -> None:
         """Count the answer and time the packet; with tracing, close its span."""
         now = time.monotonic()
@@ -237,8 +268,14 @@ class Observability(Telemetry):
         self._last_answered = now
         if error is None and job.members is None:
             # The common case, one packet answered OK, in as few steps as it takes.
-            self.answered.add(_OK)
-            self.packet_seconds.observe(now - job.received)
+            answered = self._answered_pending
+            answered.append(_OK)
+            seconds = self._packet_pending
+            seconds.append(now - job.received)
+            if len(seconds) >= FOLD_AT:
+                self.packet_seconds.fold()
+            if len(answered) >= FOLD_AT:
+                self.answered.fold()
             if self.tracer is None:
                 return
         members = job.members or (job,)
@@ -355,18 +392,32 @@ class Observability(Telemetry):
 
     def _wrap_sync(self, method: Callable[..., Any], stage: str) -> Callable[..., Any]:
         key = self._stage_keys[stage]
-        observe = self.stage_seconds.observe if stage != "batch" else None
-        tracing = self.tracer is not None
+        if stage == "batch":
+            samples = None  # the batcher times batches itself
+        else:
+            samples = self._stage_pending[stage]
+            fold = self.stage_seconds.fold
+        if self.tracer is None:
+            if samples is None:
+                return method
+            clock = time.perf_counter
+
+            # Runs on worker threads: list.append is atomic, so no lock is taken.
+            @functools.wraps(method)
+            def timed_fast(arg: Any, *rest: Any) -> Any:
+                start = clock()
+                try:
+                    return method(arg, *rest) if rest else method(arg)
+                finally:
+                    samples.append(clock() - start)
+                    if len(samples) >= FOLD_AT:
+                        fold()
+
+            return timed_fast
+        observe = self.stage_seconds.observe if samples is not None else None
 
         @functools.wraps(method)
         def timed(arg: Any, *rest: Any) -> Any:
-            if not tracing:
-                start = time.perf_counter()
-                try:
-                    return method(arg, *rest)
-                finally:
-                    if observe is not None:
-                        observe(time.perf_counter() - start, key)
             span, token, start = self._enter(stage, arg)
             try:
                 return method(arg, *rest)
