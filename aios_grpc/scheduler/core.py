@@ -592,5 +592,4 @@ def _wake(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
-
 __all__ = ["Scheduler"]
