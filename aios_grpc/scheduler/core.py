@@ -465,8 +465,7 @@ class Scheduler:
 
     async def _run(self, jobs: list[Job]) -> None:
         now = time.monotonic()
-        for job in jobs:
-            self.telemetry.stage_done(job, "queue", now - job.received)
+        self.telemetry.stages_done(jobs, "queue", [now - job.received for job in jobs])
         if self.block.all_sync:
             assert self._loop is not None
             started = time.monotonic()
