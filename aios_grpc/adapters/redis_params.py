@@ -16,8 +16,13 @@ still gets them:
   away (it was gone for more than ~1000 updates), it applies the hash again.
 - Updates applied while Redis is unreachable are kept (up to 1000) and written when it
   is back; ``publish`` waits for the write at most a second.
-- The original SDK's ``PARAMETER_UPDATES`` list is honoured: whichever instance pops
-  an update (a JSON object) applies it and broadcasts it.
+- The original SDK's ``PARAMETER_UPDATES`` list is honoured: whichever instance takes
+  an update (a JSON object) applies it and broadcasts it. Taking is crash-safe
+  (``ListClaims``): the item moves into ``<list>:processing:<instance>`` and is removed
+  in the same transaction that writes its broadcast, so an instance that dies between
+  the two leaves it there, and once its heartbeat ``<list>:alive:<instance>`` expired
+  another instance moves it back and applies it. An item that is not a JSON object, or
+  that ``on_update`` rejects, goes to the list ``<list>:dead`` with the error.
 
 Updates that fail on an instance are logged there; the caller of SetParameters saw
 its own instance's answer.
@@ -36,6 +41,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from aios_grpc.adapters.redis_claims import ListClaims
 from aios_grpc.adapters.redis_retry import TRANSIENT, pause
 
 log = logging.getLogger("aios_grpc.parameters")
@@ -61,18 +67,25 @@ class ParameterBroadcast:
         *,
         prefix: str = "aios",
         updates_list: str = "PARAMETER_UPDATES",
+        heartbeat_s: float = 10.0,
     ) -> None:
         self.client = aioredis.Redis.from_url(url, socket_connect_timeout=2.0)
         self.stream = f"{prefix}:params:{block_id}"
         self.current = f"{prefix}:params:{block_id}:current"
         self.instance_id = instance_id
         self.updates_list = updates_list
+        self.claims = (
+            ListClaims(self.client, updates_list, instance_id, heartbeat_s=heartbeat_s) if updates_list else None
+        )
+        self.dead_letter = f"{updates_list}:dead"
+        self.recovered = 0  # list items moved back from dead instances (or this one's last run)
         self.applied_remote = 0
         self.last_id: bytes | None = None  # None: not synced with Redis yet
         self._seen = 0  # stream entries up to last_id (XINFO's entries-added), to notice trimming
         self._apply: Apply | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._outbox: deque[tuple[dict[str, Any], asyncio.Future[None]]] = deque()
+        # (params, waiter, the PARAMETER_UPDATES item it finishes or None)
+        self._outbox: deque[tuple[dict[str, Any], asyncio.Future[None], bytes | None]] = deque()
         self._outbox_ready = asyncio.Event()
         self._outbox_drained = asyncio.Event()
         self._synced = asyncio.Event()
@@ -90,8 +103,9 @@ class ParameterBroadcast:
         self._apply = apply
         self._tasks.append(asyncio.create_task(self._listen(), name="aios-params-listen"))
         self._tasks.append(asyncio.create_task(self._send(), name="aios-params-send"))
-        if self.updates_list:
-            self._tasks.append(asyncio.create_task(self._pop_updates(), name="aios-params-list"))
+        if self.claims is not None:
+            self._tasks.append(asyncio.create_task(self._take_updates(), name="aios-params-list"))
+            self._tasks.append(asyncio.create_task(self._watch(), name="aios-params-list-watch"))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._synced.wait(), 2.0)
 
@@ -101,13 +115,18 @@ class ParameterBroadcast:
         Returns once Redis has the update, or after a second while Redis is unreachable
         (the update is written when it is back).
         """
+        await self._enqueue(params, None)
+
+    async def _enqueue(self, params: dict[str, Any], item: bytes | None) -> None:
         if len(self._outbox) >= MAX_OUTBOX:
-            dropped, dropped_waiter = self._outbox.popleft()
+            dropped, dropped_waiter, _ = self._outbox.popleft()
             if not dropped_waiter.done():
                 dropped_waiter.set_result(None)
+            # A dropped list item stays in the processing list: it is taken again after
+            # close() gives it back, or after this instance's heartbeat expired.
             log.error("parameter outbox full (Redis unreachable); dropped the update %.200s", json.dumps(dropped))
         waiter = asyncio.get_running_loop().create_future()
-        self._outbox.append((params, waiter))
+        self._outbox.append((params, waiter, item))
         self._outbox_drained.clear()
         self._outbox_ready.set()
         with contextlib.suppress(TimeoutError):
@@ -122,9 +141,9 @@ class ParameterBroadcast:
             if not self._outbox:
                 self._outbox_ready.clear()
                 continue
-            params, waiter = self._outbox[0]
+            params, waiter, item = self._outbox[0]
             try:
-                await self._write(params)
+                await self._write(params, item)
                 failures = 0
             except asyncio.CancelledError:
                 raise
@@ -142,12 +161,16 @@ class ParameterBroadcast:
             if not waiter.done():
                 waiter.set_result(None)
 
-    async def _write(self, params: dict[str, Any]) -> None:
+    async def _write(self, params: dict[str, Any], item: bytes | None) -> None:
         message = {"origin": self.instance_id, "params": json.dumps(params)}
         pipe = self.client.pipeline(transaction=True)
         if params:
             pipe.hset(self.current, mapping={k: json.dumps(v) for k, v in params.items()})
         pipe.xadd(self.stream, message, maxlen=MAX_LEN, approximate=True)  # type: ignore[arg-type]
+        if item is not None and self.claims is not None:
+            # In the same transaction: a crash leaves the item either broadcast and
+            # removed, or neither (then another instance takes it again).
+            self.claims.finish(pipe, item)
         await pipe.execute()
 
     # -- reading ---------------------------------------------------------------------
@@ -222,36 +245,92 @@ class ParameterBroadcast:
             return
         await self._apply_logged(params, f"broadcast from {origin}")
 
-    async def _apply_logged(self, params: Any, source: str) -> None:
+    async def _apply_logged(self, params: Any, source: str) -> str:
+        """Apply ``params``; the error text when they were not applied, else ``""``."""
         assert self._apply is not None
         try:
             await self._apply(params)
             self.applied_remote += 1
         except Exception as exc:
             log.error("parameters from %s not applied: %s", source, exc)
+            return f"{type(exc).__name__}: {exc}"
+        return ""
 
-    async def _pop_updates(self) -> None:
+    async def _take_updates(self) -> None:
+        """Take ``PARAMETER_UPDATES`` items one at a time: apply, then broadcast and remove."""
+        assert self.claims is not None
         failures = 0
+        started = False
         while not self._closing:
             try:
-                item = await self.client.brpop([self.updates_list], timeout=1)
+                if not started:
+                    await self.claims.beat()
+                    # A restarted instance with the same id: what it had taken is taken again.
+                    self.recovered += await self.claims.requeue(self.claims.processing)
+                    started = True
+                item = await self.claims.take(1.0)
                 failures = 0
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 failures += 1
+                if not isinstance(exc, TRANSIENT):
+                    log.error("reading %s failed: %s: %s", self.updates_list, type(exc).__name__, exc)
                 await pause(failures, f"reading {self.updates_list}", exc)
                 continue
-            if item is None:
-                continue
+            if item is not None:
+                await self._handle_update(item)
+
+    async def _handle_update(self, item: bytes) -> None:
+        try:
+            params = json.loads(item)
+        except ValueError as exc:
+            await self._dead(item, f"not JSON: {exc}")
+            return
+        if not isinstance(params, dict):
+            await self._dead(item, f"not a JSON object: {type(params).__name__}")
+            return
+        error = await self._apply_logged(params, self.updates_list)
+        if error:
+            # Rejected here as SetParameters would have been: not broadcast.
+            await self._dead(item, error)
+            return
+        await self._enqueue(params, item)
+
+    async def _dead(self, item: bytes, error: str) -> None:
+        """Move ``item`` from the processing list to the dead-letter list with ``error``."""
+        assert self.claims is not None
+        log.error("%s: update moved to %s: %s", self.updates_list, self.dead_letter, error)
+        record = json.dumps({"item": item.decode(errors="replace"), "error": error, "queue": self.updates_list})
+        for failures in range(1, 6):
             try:
-                params = json.loads(item[1])
-            except ValueError as exc:
-                log.error("%s: update is not JSON: %s", self.updates_list, exc)
-                continue
-            await self._apply_logged(params, self.updates_list)
-            if isinstance(params, dict):
-                await self.publish(params)
+                pipe = self.client.pipeline(transaction=True)
+                self.claims.finish(pipe, item)
+                pipe.lpush(self.dead_letter, record)
+                await pipe.execute()
+                return
+            except TRANSIENT as exc:
+                await pause(failures, f"dead-lettering an update of {self.updates_list}", exc)
+            except Exception as exc:
+                log.error("dead-lettering an update of %s failed: %s: %s", self.updates_list, type(exc).__name__, exc)
+                break
+        # Still in the processing list: taken again when this instance is gone.
+
+    async def _watch(self) -> None:
+        """Keep this instance's heartbeat fresh; give dead instances' updates back."""
+        assert self.claims is not None
+        failures = 0
+        while not self._closing:
+            await asyncio.sleep(self.claims.heartbeat_s)
+            try:
+                await self.claims.beat()
+                self.recovered += await self.claims.recover_dead()
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures += 1
+                await pause(failures, f"heartbeat on {self.updates_list}", exc)
 
     async def close(self) -> None:
         """Stop listening, give unsent updates a last short try, close the connection."""
@@ -266,6 +345,12 @@ class ParameterBroadcast:
             # Bounded: a task whose cancellation was swallowed ends at its next loop check.
             await asyncio.wait(self._tasks, timeout=3.0)
         self._tasks = []
+        if self.claims is not None:
+            # Updates taken but not broadcast go back now rather than after the heartbeat.
+            try:
+                await asyncio.wait_for(self.claims.leave(), 2.0)
+            except Exception as exc:
+                log.warning("%s: unfinished updates return once this heartbeat expires (%s)", self.updates_list, exc)
         await self.client.aclose()
 
 

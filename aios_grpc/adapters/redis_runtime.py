@@ -77,6 +77,7 @@ class RedisRuntime:
                 s.instance_id,
                 prefix=s.redis_key_prefix,
                 updates_list=s.redis_parameter_updates,
+                heartbeat_s=s.redis_claim_idle_s,
             )
 
             async def apply(params: dict[str, Any]) -> None:
