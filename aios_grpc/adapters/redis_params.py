@@ -21,8 +21,11 @@ still gets them:
   (``ListClaims``): the item moves into ``<list>:processing:<instance>`` and is removed
   in the same transaction that writes its broadcast, so an instance that dies between
   the two leaves it there, and once its heartbeat ``<list>:alive:<instance>`` expired
-  another instance moves it back and applies it. An item that is not a JSON object, or
-  that ``on_update`` rejects, goes to the list ``<list>:dead`` with the error.
+  another instance moves it back and applies it. Takes are counted per item in
+  ``<list>:deliveries``: an update taken more than ``max_deliveries`` times (it kills
+  every instance that applies it) is not applied again. It, an item that is not a JSON
+  object, and one that ``on_update`` rejects go to the list ``<list>:dead`` with the
+  error.
 
 Updates that fail on an instance are logged there; the caller of SetParameters saw
 its own instance's answer.
@@ -68,7 +71,10 @@ class ParameterBroadcast:
         prefix: str = "aios",
         updates_list: str = "PARAMETER_UPDATES",
         heartbeat_s: float = 10.0,
+        max_deliveries: int = 5,
     ) -> None:
+        if max_deliveries < 1:
+            raise ValueError(f"max_deliveries must be at least 1, got {max_deliveries}")
         self.client = aioredis.Redis.from_url(url, socket_connect_timeout=2.0)
         self.stream = f"{prefix}:params:{block_id}"
         self.current = f"{prefix}:params:{block_id}:current"
@@ -78,6 +84,8 @@ class ParameterBroadcast:
             ListClaims(self.client, updates_list, instance_id, heartbeat_s=heartbeat_s) if updates_list else None
         )
         self.dead_letter = f"{updates_list}:dead"
+        # An update taken more often than this (it kills its instances) is dead-lettered.
+        self.max_deliveries = max_deliveries
         self.recovered = 0  # list items moved back from dead instances (or this one's last run)
         self.applied_remote = 0
         self.last_id: bytes | None = None  # None: not synced with Redis yet
@@ -282,6 +290,13 @@ class ParameterBroadcast:
                 await self._handle_update(item)
 
     async def _handle_update(self, item: bytes) -> None:
+        assert self.claims is not None
+        # Counted before on_update runs: a take that never finishes (the instance dies in
+        # on_update, or is killed first) still counts.
+        delivered = await self.claims.count_delivery(item)
+        if delivered > self.max_deliveries:
+            await self._dead(item, f"delivered {delivered} times (AIOS_REDIS_MAX_DELIVERIES={self.max_deliveries})")
+            return
         try:
             params = json.loads(item)
         except ValueError as exc:

@@ -78,6 +78,7 @@ class RedisRuntime:
                 prefix=s.redis_key_prefix,
                 updates_list=s.redis_parameter_updates,
                 heartbeat_s=s.redis_claim_idle_s,
+                max_deliveries=s.redis_max_deliveries,
             )
 
             async def apply(params: dict[str, Any]) -> None:

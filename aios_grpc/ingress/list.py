@@ -15,20 +15,24 @@ the item's bytes), counted when an instance takes the item, so a packet that kee
 failing with a retryable error, or keeps killing the instance that runs it, goes to
 the dead-letter list once it was taken more than ``max_deliveries`` times. The field
 is removed when the item is finished. Identical items share a count.
+
+The processing lists, heartbeats, recovery and counting are ``ListClaims``
+(``aios_grpc/adapters/redis_claims.py``), shared with the ``PARAMETER_UPDATES`` list: a
+dead instance's processing list returns in one step and in its original order, and a
+queue name with glob characters matches only its own processing lists.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 from collections.abc import Callable
-from typing import Any
 
 import redis.asyncio as aioredis
 
+from aios_grpc.adapters.redis_claims import ListClaims
 from aios_grpc.errors import PacketError, status_of
 from aios_grpc.ingress._base import TRANSIENT, decode_packet, keep_reading, pause
 from aios_grpc.scheduler.core import Scheduler
@@ -57,10 +61,11 @@ class ListIngress:
         self.scheduler = scheduler
         self.queue = queue
         self.consumer = consumer
-        self.processing = f"{queue}:processing:{consumer}"
-        self.alive = f"{queue}:alive:{consumer}"
+        self.claims = ListClaims(client, queue, consumer, heartbeat_s=heartbeat_s)
+        self.processing = self.claims.processing
+        self.alive = self.claims.alive
         self.dead_letter = dead_letter or f"{queue}:dead"
-        self.deliveries = f"{queue}:deliveries"
+        self.deliveries = self.claims.deliveries
         self.max_deliveries = max_deliveries
         self.block_s = block_s
         self.heartbeat_s = heartbeat_s
@@ -108,21 +113,6 @@ class ListIngress:
                 await task
         # Unfinished items stay in the processing list; our heartbeat expires and they return.
 
-    async def _beat(self) -> None:
-        await self.client.set(self.alive, b"1", px=int(self.heartbeat_s * 3000))
-
-    async def _requeue(self, processing: str) -> int:
-        moved = 0
-        # Bounded: a list cannot grow while nobody moves items into it.
-        for _ in range(1_000_000):
-            item = await self.client.lmove(processing, self.queue, "RIGHT", "RIGHT")
-            if item is None:
-                break
-            moved += 1
-        if moved:
-            log.info("moved %d unfinished items of %s back onto %s", moved, processing, self.queue)
-        return moved
-
     async def _read(self) -> None:
         await keep_reading(self._read_forever, self.queue, lambda: self._stopping)
 
@@ -130,9 +120,9 @@ class ListIngress:
         failures = 0
         while not self._started:
             try:
-                await self._beat()
+                await self.claims.beat()
                 # Only at start: later, the processing list holds packets in flight here.
-                self.recovered += await self._requeue(self.processing)
+                self.recovered += await self.claims.requeue(self.processing)
                 self._started = True
             except TRANSIENT as exc:
                 failures += 1
@@ -144,26 +134,20 @@ class ListIngress:
                 self.window.release()
                 return
             try:
-                item = await self.client.blmove(
-                    self.queue,
-                    self.processing,
-                    self.block_s,  # type: ignore[arg-type]  # redis-py's stub says int; Redis takes seconds as a float
-                    "RIGHT",
-                    "LEFT",
-                )
+                raw = await self.claims.take(self.block_s)
                 failures = 0
             except TRANSIENT as exc:
                 self.window.release()
                 failures += 1
                 await pause(failures, f"BLMOVE {self.queue}", exc)
                 continue
-            if item is None:
+            if raw is None:
                 self.window.release()
                 continue
             self.in_flight += 1
             self._idle.clear()
-            raw = bytes(item) if not isinstance(item, str) else item.encode()
-            delivered = await self._count_delivery(raw)
+            # Already in our processing list: it is ours to finish, counted or not.
+            delivered = await self.claims.count_delivery(raw)
             if delivered > self.max_deliveries:
                 error = PacketError(
                     f"delivered {delivered} times (AIOS_REDIS_MAX_DELIVERIES={self.max_deliveries})",
@@ -178,19 +162,6 @@ class ListIngress:
                 self._finish.put_nowait((raw, Result(Kind.ERROR, error=exc)))
                 continue
             await self.scheduler.submit(Job(packet, self._replier(raw), source="redis-list"))
-
-    async def _count_delivery(self, raw: bytes) -> int:
-        """This delivery's number for ``raw`` (1 when Redis cannot say: the item is processed)."""
-        for failures in range(1, 6):
-            try:
-                return int(await self.client.hincrby(self.deliveries, _item_key(raw), 1))
-            except TRANSIENT as exc:
-                # Already in our processing list: it is ours to finish, counted or not.
-                await pause(failures, f"counting a delivery on {self.deliveries}", exc)
-            except Exception as exc:
-                log.error("counting a delivery on %s failed: %s: %s", self.deliveries, type(exc).__name__, exc)
-                break
-        return 1
 
     def _replier(self, raw: bytes) -> Callable[[Result], None]:
         return lambda result: self._answered(raw, result)
@@ -224,10 +195,9 @@ class ListIngress:
 
     async def _complete(self, raw: bytes, result: Result) -> None:
         pipe = self.client.pipeline(transaction=True)
-        pipe.lrem(self.processing, -1, raw)  # type: ignore[arg-type]
         retryable = result.error is not None and status_of(result.error)[1]
-        if not retryable:
-            pipe.hdel(self.deliveries, _item_key(raw))
+        # A retryable failure goes back onto the queue and keeps its delivery count.
+        self.claims.finish(pipe, raw, forget=not retryable)
         if result.error is not None:
             code, _ = status_of(result.error)
             if retryable:
@@ -252,29 +222,14 @@ class ListIngress:
         while True:
             await asyncio.sleep(self.heartbeat_s)
             try:
-                await self._beat()
-                await self._recover_dead()
+                await self.claims.beat()
+                self.recovered += await self.claims.recover_dead()
                 failures = 0
             except TRANSIENT as exc:
                 failures += 1
                 await pause(failures, f"heartbeat on {self.queue}", exc)
             except Exception as exc:
                 log.error("watching %s failed: %s: %s", self.queue, type(exc).__name__, exc)
-
-    async def _recover_dead(self) -> None:
-        prefix = f"{self.queue}:processing:"
-        names: list[Any] = [n async for n in self.client.scan_iter(match=prefix + "*", count=200)]
-        for name in names:
-            consumer = name.decode()[len(prefix) :]
-            if consumer == self.consumer:
-                continue
-            if not await self.client.exists(f"{self.queue}:alive:{consumer}"):
-                self.recovered += await self._requeue(name.decode())
-
-
-def _item_key(raw: bytes) -> str:
-    """The field of an item in the delivery-count hash (items can be large; this is short)."""
-    return hashlib.blake2b(raw, digest_size=16).hexdigest()
 
 
 __all__ = ["ListIngress"]

@@ -226,3 +226,106 @@ async def test_recovery_ignores_lists_of_other_queues_with_glob_characters(redis
         assert client.lrange("j*", 0, -1) == [b"y"]
     finally:
         await async_client.aclose()
+
+
+async def test_an_update_that_kills_every_instance_taking_it_is_dead_lettered_after_max_deliveries(
+    redis_server,
+) -> None:
+    client = redis_server.client()
+    poison = json.dumps({"mode": "poison"})
+    client.lpush(LIST, poison)
+    # Two instances in turn take it and die inside on_update (two deliveries)...
+    for name in ("first", "second"):
+        stuck = Gate()
+        doomed = ParameterBroadcast(redis_server.url, "blk", name, heartbeat_s=0.2, max_deliveries=2)
+        await doomed.start(stuck)
+        await asyncio.wait_for(stuck.entered.wait(), 10)
+        await crash(doomed)
+        assert client.lrange(f"{LIST}:processing:{name}", 0, -1) == [poison.encode()]
+    # ...the third takes it a third time and does not apply it: it goes to the dead letters.
+    got = Recorder()
+    survivor = ParameterBroadcast(redis_server.url, "blk", "survivor", heartbeat_s=0.2, max_deliveries=2)
+    await survivor.start(got)
+    try:
+        await wait_async(lambda: client.llen(f"{LIST}:dead") == 1, 10, "the dead letter")
+        dead = json.loads(client.lindex(f"{LIST}:dead", 0))
+        assert dead["item"] == poison and dead["queue"] == LIST
+        assert "delivered 3 times (AIOS_REDIS_MAX_DELIVERIES=2)" in dead["error"]
+        assert got.applied == [] and stream_entries(client) == []
+        assert not any(client.exists(f"{LIST}:processing:{n}") for n in ("first", "second", "survivor"))
+        assert client.llen(LIST) == 0 and client.hlen(f"{LIST}:deliveries") == 0
+        # The list goes on: a later update is applied and broadcast.
+        client.lpush(LIST, json.dumps({"mode": "fine"}))
+        await wait_async(lambda: got.applied == [{"mode": "fine"}], 10, "the next update")
+        await wait_async(lambda: len(stream_entries(client)) == 1, 5, "its broadcast")
+        assert client.hlen(f"{LIST}:deliveries") == 0
+    finally:
+        await survivor.close()
+
+
+async def test_an_update_applied_on_its_last_allowed_delivery_is_broadcast_and_its_count_removed(
+    redis_server,
+) -> None:
+    client = redis_server.client()
+    update = json.dumps({"mode": "late"})
+    client.lpush(LIST, update)
+    stuck = Gate()
+    doomed = ParameterBroadcast(redis_server.url, "blk", "doomed", heartbeat_s=0.2, max_deliveries=2)
+    await doomed.start(stuck)
+    await asyncio.wait_for(stuck.entered.wait(), 10)
+    await crash(doomed)
+    got = Recorder()
+    survivor = ParameterBroadcast(redis_server.url, "blk", "survivor", heartbeat_s=0.2, max_deliveries=2)
+    await survivor.start(got)
+    try:
+        await wait_async(lambda: len(stream_entries(client)) == 1, 10, "the broadcast on the second delivery")
+        assert got.applied == [{"mode": "late"}] and stream_entries(client) == [("survivor", {"mode": "late"})]
+        assert client.llen(f"{LIST}:dead") == 0 and client.hlen(f"{LIST}:deliveries") == 0
+    finally:
+        await survivor.close()
+
+
+def test_a_killed_instance_s_update_is_dead_lettered_with_max_deliveries_1(spawn, serve, redis_server) -> None:
+    client = redis_server.client()
+    env = {
+        "AIOS_REDIS_URL": redis_server.url,
+        "AIOS_BLOCK_ID": "blk",
+        "AIOS_INSTANCE_ID": "doomed",
+        "AIOS_REDIS_CLAIM_IDLE_S": "0.3",
+        "AIOS_REDIS_MAX_DELIVERIES": "1",
+        "HANG_ON_UPDATE": "1",
+    }
+    doomed = spawn("tests.redis.test_parameter_updates:HangingUpdateBlock", env=env)
+    client.lpush(LIST, json.dumps({"threshold": 0.25}))
+    wait_for(lambda: client.llen(f"{LIST}:processing:doomed") == 1, 15, "the doomed instance to take the update")
+    doomed.proc.kill()
+    doomed.proc.wait(10)
+    survivor = serve(
+        StageBlock, block_id="blk", redis_url=redis_server.url, redis_claim_idle_s=0.3, redis_max_deliveries=1
+    )
+    wait_for(lambda: client.llen(f"{LIST}:dead") == 1, 20, "the dead letter")
+    assert "delivered 2 times (AIOS_REDIS_MAX_DELIVERIES=1)" in json.loads(client.lindex(f"{LIST}:dead", 0))["error"]
+    with BlockClient(survivor.address) as c:
+        assert "threshold" not in c.management("params")
+    assert stream_entries(client) == [] and not client.exists(f"{LIST}:processing:doomed")
+
+
+def test_list_claims_rejects_an_owner_id_that_looks_like_a_processing_list(redis_server) -> None:
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        ListClaims(client, "q", "a:processing:b")
+    except ValueError as exc:
+        assert ":processing:" in str(exc)
+    else:
+        raise AssertionError("ListClaims accepted an owner id with ':processing:' in it")
+
+
+def test_parameter_broadcast_rejects_max_deliveries_below_1(redis_server) -> None:
+    try:
+        ParameterBroadcast(redis_server.url, "blk", "a", max_deliveries=0)
+    except ValueError as exc:
+        assert "max_deliveries" in str(exc)
+    else:
+        raise AssertionError("ParameterBroadcast accepted max_deliveries=0")
