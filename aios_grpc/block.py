@@ -166,8 +166,9 @@ class BlockAdapter:
         Returns the outputs; a generator returned by ``on_data`` streams each item
         through ``emit_partial`` as it comes (and adds nothing to the list).
         """
-        entries = self.preprocess_sync(packet)
-        on_data = self.methods["on_data"]
+        methods = self.methods
+        entries = [PreProcessResult(packet)] if "on_preprocess" not in methods else self.preprocess_sync(packet)
+        on_data = methods["on_data"]
         outputs: list[OnDataResult] = []
         for entry in entries:
             try:

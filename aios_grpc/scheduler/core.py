@@ -531,7 +531,16 @@ class Scheduler:
     def _check(self, job: Job) -> None:
         if job.deadline and time.monotonic() > job.deadline:
             raise DeadlineExceeded("packet deadline passed before the block ran it", stage="deadline")
-        self.block.validate_packet(job.packet, self.settings.validate_json, self.settings.max_files_per_packet)
+        packet = job.packet
+        data = packet.data
+        if packet.files or type(data) is not str:
+            self.block.validate_packet(packet, self.settings.validate_json, self.settings.max_files_per_packet)
+        elif data and self.settings.validate_json:
+            # The usual packet (JSON text, no files), without validate_packet's frame.
+            try:
+                packet.check_json()
+            except ValueError:
+                self.block.validate_packet(packet, True, self.settings.max_files_per_packet)  # raises InvalidPacket
 
     def output_packet(self, job: Job, result: OnDataResult) -> AIOSPacket:
         """The output packet for one ``OnDataResult`` of ``job``."""
