@@ -19,16 +19,18 @@ from aios_grpc.packet import AIOSPacket, FileInfo
 
 def packet_from_proto(msg: pb.Packet) -> AIOSPacket:
     """An ``AIOSPacket`` with the fields of a protobuf ``Packet``."""
-    files = [FileInfo(f.metadata, f.file_data) for f in msg.files] if msg.files else []
+    files = msg.files
+    headers = msg.headers
+    # Positional, in field order: this runs once per packet read.
     return AIOSPacket(
-        session_id=msg.session_id,
-        seq_no=msg.seq_no,
-        data=msg.data,
-        ts=msg.ts,
-        output_ptr=msg.output_ptr,
-        files=files,
-        headers=dict(msg.headers) if msg.headers else {},
-        deadline=msg.deadline,
+        msg.session_id,
+        msg.seq_no,
+        msg.data,
+        msg.ts,
+        msg.output_ptr,
+        [FileInfo(f.metadata, f.file_data) for f in files] if files else [],
+        dict(headers) if headers else {},
+        msg.deadline,
     )
 
 
