@@ -10,7 +10,7 @@ called where the caller stands (the scheduler runs them in its worker threads);
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Generator
 from types import GeneratorType
 from typing import Any
 
@@ -159,7 +159,7 @@ class BlockAdapter:
     def run_sync(
         self,
         packet: AIOSPacket,
-        emit_partial: Callable[[OnDataResult], None] | None,
+        emit_partial: Callable[[OnDataResult], Any] | None,
     ) -> list[OnDataResult]:
         """Run ``on_preprocess`` then ``on_data`` per entry, in this thread.
 
@@ -202,7 +202,12 @@ class BlockAdapter:
             raise BlockCodeError(f"on_preprocess raised {type(exc).__name__}: {exc}", stage="preprocess") from exc
         return self.check_preprocess(ret)
 
-    def _stream(self, gen: Iterator[Any], emit: Callable[[OnDataResult], None] | None) -> None:
+    def _stream(self, gen: Generator[Any, Any, Any], emit: Callable[[OnDataResult], Any] | None) -> None:
+        """Run a generator returned by ``on_data`` in this thread, each item through ``emit``.
+
+        ``emit`` may block (the scheduler's bound on unsent partials) or raise (the caller
+        is gone); the generator is closed however the loop ends, so its ``finally`` runs.
+        """
         try:
             for item in gen:
                 out = self.check_data(item)
@@ -212,16 +217,24 @@ class BlockAdapter:
             raise
         except Exception as exc:
             raise BlockCodeError(f"on_data raised {type(exc).__name__}: {exc}", stage="data") from exc
+        finally:
+            gen.close()
 
     # -- async data path (on the event loop) ---------------------------------------------
 
     async def run_async(
         self,
         packet: AIOSPacket,
-        emit_partial: Callable[[OnDataResult], None],
+        emit_partial: Callable[[OnDataResult], Awaitable[None] | None],
         to_thread: Callable[..., Any],
     ) -> list[OnDataResult]:
-        """The data path when some methods are ``async def``; plain ones go to ``to_thread``."""
+        """The data path when some methods are ``async def``; plain ones go to ``to_thread``.
+
+        ``emit_partial`` takes each streamed item; called on the loop (an async generator)
+        it may return an awaitable, awaited before the generator is asked for the next item
+        (the scheduler's bound on unsent partials). A sync generator runs in ``to_thread``,
+        where ``emit_partial`` blocks instead.
+        """
         method = self.methods.get("on_preprocess")
         if method is None:
             entries = [PreProcessResult(packet=packet)]
@@ -240,10 +253,16 @@ class BlockAdapter:
         for entry in entries:
             try:
                 if inspect.isasyncgenfunction(on_data):
-                    async for item in on_data(entry):
-                        out = self.check_data(item)
-                        if out is not None:
-                            emit_partial(out)
+                    agen = on_data(entry)
+                    try:
+                        async for item in agen:
+                            out = self.check_data(item)
+                            if out is not None:
+                                waiting = emit_partial(out)
+                                if waiting is not None:
+                                    await waiting
+                    finally:
+                        await agen.aclose()  # runs the generator's finally when it stopped early
                     continue
                 if self.is_async["on_data"]:
                     ret = await on_data(entry)

@@ -71,14 +71,19 @@ class Settings(BaseSettings):
     """gRPC port; 0 picks a free one (the bound port is logged)."""
     workers: int = Field(4, ge=1, le=1024, validation_alias=_env("WORKERS"))
     """Threads that run plain (non-async) block methods."""
-    max_chunk: int = Field(32, ge=1, le=4096, validation_alias=_env("MAX_CHUNK"))
+    max_chunk: int = Field(64, ge=1, le=4096, validation_alias=_env("MAX_CHUNK"))
     """Most queued packets one worker thread takes in one hand-off (amortises the hop)."""
-    gather_s: float = Field(0.001, ge=0, le=1.0, validation_alias=_env("GATHER_S"))
-    """Seconds a fast block's chunk waits for more packets from a pipelining client (0: never waits)."""
+    gather_s: float = Field(0.003, ge=0, le=1.0, validation_alias=_env("GATHER_S"))
+    """Seconds a fast block's chunk waits for more packets from a pipelining client (0: never waits).
+
+    The wait ends early when the chunk is full or no packet came for a fifth of it.
+    """
     max_queued: int = Field(1024, ge=1, validation_alias=_env("MAX_QUEUED"))
     """Packets waiting for a worker, over all streams; a full queue pauses the readers."""
     stream_max_in_flight: int = Field(256, ge=1, validation_alias=_env("STREAM_MAX_IN_FLIGHT"))
     """Unanswered packets one Process stream may have; past it the server stops reading it."""
+    max_unsent_partials: int = Field(64, ge=1, validation_alias=_env("MAX_UNSENT_PARTIALS"))
+    """Partial outputs one packet may have produced and not yet sent; past it its generator waits."""
     max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024, validation_alias=_env("MAX_MESSAGE_BYTES"))
     """Largest gRPC message received or sent."""
     max_files_per_packet: int = Field(64, ge=0, validation_alias=_env("MAX_FILES_PER_PACKET"))

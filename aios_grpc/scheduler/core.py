@@ -12,7 +12,11 @@ than its packet) gets one chunk in the pool at a time while the next one gathers
 ``async def`` methods run on the loop instead.
 
 Each job gets exactly one terminal result through ``job.reply``; partial outputs
-(generators) come before it.
+(generators) come before it. A packet may have at most ``AIOS_MAX_UNSENT_PARTIALS``
+partials produced and not yet sent (``PartialGate``): past it a sync generator's
+worker thread blocks and an async generator awaits, until the consumer frees places
+(the gRPC stream once it wrote them, other consumers as soon as they took them), or
+until the caller is gone, when the generator is closed.
 
 With a ``Muxer`` the packets of a group wait in ``MuxStage`` (``muxer.py``) and only
 the merged job is queued; with a batcher one ``BatchStage`` task (``batcher.py``)
@@ -29,7 +33,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -47,7 +51,16 @@ from aios_grpc.muxing import Batcher, Muxer
 from aios_grpc.packet import AIOSPacket, OnDataResult
 from aios_grpc.routing import Router
 from aios_grpc.scheduler.batcher import BatchStage
-from aios_grpc.scheduler.job import Job, JobQueue, Kind, Result, wake_first
+from aios_grpc.scheduler.job import (
+    Job,
+    JobQueue,
+    Kind,
+    Partial,
+    PartialGate,
+    PartialsAbandoned,
+    Result,
+    wake_first,
+)
 from aios_grpc.scheduler.muxer import MuxStage
 from aios_grpc.scheduler.watchdog import LoopWatchdog
 from aios_grpc.settings import Settings
@@ -65,6 +78,9 @@ _CHUNK_TARGET_S = 0.002
 # queue up and go together in the next chunk, instead of each worker taking one or
 # two and paying a hop of its own.
 _FAST_JOB_S = 0.0001
+# While a chunk gathers, it goes as soon as no packet came for this share of
+# settings.gather_s: packets that keep coming are worth waiting for, a pause is not.
+_GATHER_GAP = 0.2
 # A chunk in flight for longer than this is taken for stuck (a slow packet in a fast
 # block): the other workers stop waiting for it and use the other threads.
 _GATE_S = 0.001
@@ -103,6 +119,9 @@ class Scheduler:
         # Streamed (partial) outputs of routed jobs on their way downstream; the job's
         # terminal result waits for them.
         self._partial_routes: dict[Job, list[asyncio.Task[list[AIOSPacket]]]] = {}
+        # Guards the creation of a job's PartialGate (a worker thread) against the loop
+        # answering the job meanwhile (see _gate and _answer_chunk).
+        self._gate_lock = threading.Lock()
         self._idle: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
@@ -320,6 +339,9 @@ class Scheduler:
 
     def answer(self, job: Job, result: Result) -> None:
         """Send a terminal result for ``job`` (on the loop's thread)."""
+        gate = job.partials
+        if gate is not None and gate.finish():
+            return  # a streamed job answered already (see _answer_chunk): exactly once
         try:
             job.reply(result)
         except Exception:
@@ -330,18 +352,71 @@ class Scheduler:
         if self.in_flight <= 0 and self._idle is not None:
             self._idle.set()
 
-    def partial(self, job: Job, output: AIOSPacket) -> None:
-        """Send a partial output for ``job``; callable from any thread."""
+    def _gate(self, job: Job) -> PartialGate:
+        """``job``'s gate, made on its first partial (from a worker thread or the loop)."""
+        with self._gate_lock:
+            gate = job.partials
+            if gate is None:
+                gate = job.partials = PartialGate(self.settings.max_unsent_partials)
+            return gate
+
+    def _emit_output(self, job: Job, result: OnDataResult) -> Coroutine[Any, Any, None] | None:
+        """A streamed ``on_data`` item of ``job``, called by its producer.
+
+        In a worker thread it blocks while the packet has ``max_unsent_partials`` partials
+        unsent; on the loop it returns a coroutine to await in that case (None otherwise).
+        Raises ``PartialsAbandoned`` once the packet's partials go nowhere.
+        """
+        output = self.output_packet(job, result)
+        gate = job.partials or self._gate(job)
         if threading.get_ident() != self._loop_thread:
-            assert self._loop is not None
-            self._loop.call_soon_threadsafe(self.partial, job, output)
+            if not gate.take():
+                raise PartialsAbandoned("the caller no longer takes this packet's partial outputs", stage="data")
+            self._to_loop(self._deliver, job, output, gate)
+            return None
+        if gate.try_take():
+            self._deliver(job, output, gate)
+            return None
+        return self._deliver_later(job, output, gate)
+
+    def _to_loop(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run ``fn(*args)`` on the loop, from a worker thread; nothing once the loop is closed
+        (a thread still running after shutdown has no one left to answer)."""
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:
+            if not self._loop.is_closed():
+                raise
+            raise PartialsAbandoned("the server has stopped", stage="data") from None
+
+    async def _deliver_later(self, job: Job, output: AIOSPacket, gate: PartialGate) -> None:
+        if not await gate.take_async():
+            raise PartialsAbandoned("the caller no longer takes this packet's partial outputs", stage="data")
+        self._deliver(job, output, gate)
+
+    def _deliver(self, job: Job, output: AIOSPacket, gate: PartialGate) -> None:
+        """Hand one partial holding a place of ``gate`` to its consumer (on the loop's thread)."""
+        result = Partial(Kind.PARTIAL, output=output, gate=gate)
+        if gate.finished:
+            result.drop()  # the job is answered: nothing may follow its terminal result
             return
         if self.router.wants(job):
-            # A routed packet streams each output downstream as it comes.
+            # A routed packet streams each output downstream as it comes; the place is
+            # free once the target took it.
             tasks = self._partial_routes.setdefault(job, [])
-            tasks.append(asyncio.create_task(self._route_partial(job, output, tasks[-1] if tasks else None)))
+            task = asyncio.create_task(self._route_partial(job, output, tasks[-1] if tasks else None))
+            task.add_done_callback(lambda _: result.sent())
+            tasks.append(task)
             return
-        self._send_partial(job, output)
+        try:
+            job.reply(result)
+        except Exception:
+            log.exception("partial reply for %s/%s failed", job.packet.session_id, job.packet.seq_no)
+            result.sent()
+            return
+        if not result.deferred:
+            result.sent()
 
     async def _route_partial(
         self, job: Job, output: AIOSPacket, previous: asyncio.Task[list[AIOSPacket]] | None
@@ -356,6 +431,18 @@ class Scheduler:
             job.reply(Result(Kind.PARTIAL, output=output))
         except Exception:
             log.exception("partial reply for %s/%s failed", job.packet.session_id, job.packet.seq_no)
+
+    def _answer_chunk(self, jobs: list[Job], error: Exception) -> None:
+        """Answer every job of a chunk whose thread may still be running it (cancelled, or an SDK bug).
+
+        Each job gets a finished gate first: whatever its thread does later (a partial,
+        its own result) is dropped instead of answering it twice, and a producer waiting
+        for a place wakes up and stops.
+        """
+        for job in jobs:
+            if job.partials is None:
+                self._gate(job)
+            self.answer(job, Result(Kind.ERROR, error=error))
 
     # -- workers ---------------------------------------------------------------------
 
@@ -385,13 +472,11 @@ class Scheduler:
                         self._end_turn()
                 await self._run(jobs)
             except asyncio.CancelledError:
-                for j in jobs:
-                    self.answer(j, Result(Kind.ERROR, error=Unavailable("server is shutting down", stage="data")))
+                self._answer_chunk(jobs, Unavailable("server is shutting down", stage="data"))
                 raise
             except Exception as exc:  # a bug in the SDK; never leave a packet unanswered
                 log.exception("scheduler failed on a chunk of %d packets", len(jobs))
-                for j in jobs:
-                    self.answer(j, Result(Kind.ERROR, error=BlockCodeError(f"internal error: {exc}", stage="data")))
+                self._answer_chunk(jobs, BlockCodeError(f"internal error: {exc}", stage="data"))
 
     async def _take_turn(self) -> None:
         """Become the one worker that gathers the next chunk of a fast block."""
@@ -420,8 +505,9 @@ class Scheduler:
         than ``_GATE_S`` is taken for stuck (a slow packet in a fast block) and no
         longer waited for. When packets came in behind unanswered packets of their
         stream since the last chunk (a pipelining client, so more are on their way),
-        the chunk also waits until its first packet is ``settings.gather_s`` old (up to 1 ms
-        of latency buys chunks of ~10 packets at 1 stream instead of ~2).
+        the chunk also waits until its first packet is ``settings.gather_s`` old, or the
+        chunk is full, or no packet came for a fifth of that time (a client whose
+        pipeline is shallow is waiting for answers, not sending more).
         """
         loop = self._loop
         assert loop is not None
@@ -441,11 +527,20 @@ class Scheduler:
             return
         if self.pipelined_arrivals != self._pipelined_seen and self.settings.gather_s > 0:
             self._pipelined_seen = self.pipelined_arrivals
-            delay = jobs[0].received + self.settings.gather_s - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            end = jobs[0].received + self.settings.gather_s
+            gap = self.settings.gather_s * _GATHER_GAP
+            while len(jobs) < limit:
+                delay = end - time.monotonic()
+                if delay <= 0:
+                    break
+                had = len(jobs)
+                await asyncio.sleep(min(delay, gap))
                 self._fill(queue, jobs, limit)
-                return
+                if len(jobs) == had:
+                    # Nothing came for a while: the client is likely waiting for answers
+                    # (a shallow pipeline), so waiting longer only adds latency.
+                    break
+            return
         await asyncio.sleep(0)
         self._fill(queue, jobs, limit)
 
@@ -489,8 +584,8 @@ class Scheduler:
         else:
             await asyncio.gather(*(self._run_one_async(job) for job in jobs))
 
-    def _run_chunk_sync(self, jobs: list[Job]) -> list[list[AIOSPacket] | BaseException]:
-        out: list[list[AIOSPacket] | BaseException] = []
+    def _run_chunk_sync(self, jobs: list[Job]) -> list[list[AIOSPacket] | BaseException | None]:
+        out: list[list[AIOSPacket] | BaseException | None] = []
         start = time.perf_counter()
         run_sync = self.block.run_sync
         output_packet = self.output_packet
@@ -506,19 +601,20 @@ class Scheduler:
                     out.append([output_packet(job, o) for o in outputs])
             except Exception as exc:
                 out.append(exc)
+            if job.partials is not None:
+                # A job that streamed is answered now, not with the chunk: a later packet
+                # of its session in this chunk holds its partials until this one is
+                # answered, and would wait for places forever.
+                self._to_loop(self._finish, job, out[-1])
+                out[-1] = None
         elapsed = (time.perf_counter() - start) / len(jobs)
         self._job_time_s = elapsed if self._job_time_s == 0 else 0.8 * self._job_time_s + 0.2 * elapsed
         return out
 
-    def _emit_output(self, job: Job, result: OnDataResult) -> None:
-        self.partial(job, self.output_packet(job, result))
-
     async def _run_one_async(self, job: Job) -> None:
         try:
             self._check(job)
-            outputs = await self.block.run_async(
-                job.packet, lambda o: self.partial(job, self.output_packet(job, o)), self.to_thread
-            )
+            outputs = await self.block.run_async(job.packet, functools.partial(self._emit_output, job), self.to_thread)
             res: list[AIOSPacket] | BaseException = [self.output_packet(job, o) for o in outputs]
         except Exception as exc:
             res = exc
@@ -556,7 +652,9 @@ class Scheduler:
             packet.session_id, packet.seq_no, data, time.time(), packet.output_ptr, result.files, packet.headers
         )
 
-    def _finish(self, job: Job, res: list[AIOSPacket] | BaseException) -> None:
+    def _finish(self, job: Job, res: list[AIOSPacket] | BaseException | None) -> None:
+        if res is None:
+            return  # answered from the worker thread already (a job that streamed)
         if isinstance(res, BaseException):
             self._partial_routes.pop(job, None)  # those already sent finish on their own
             if not isinstance(res, PacketError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
+from aios_grpc.errors import Unavailable
 from aios_grpc.packet import AIOSPacket
 
 
@@ -34,6 +36,47 @@ class Result:
         """True for OK and ERROR."""
         return self.kind is not Kind.PARTIAL
 
+    # A partial output may hold a place in its packet's ``PartialGate`` (see ``Partial``);
+    # on any other result these three do nothing.
+
+    def defer(self) -> None:
+        """The consumer will call ``sent()`` or ``drop()`` itself (the gRPC stream, once written)."""
+
+    def sent(self) -> None:
+        """The partial left (written or handed on): its place is free again."""
+
+    def drop(self) -> None:
+        """The partial goes nowhere (its caller is gone): its packet's producer stops."""
+
+
+@dataclass(slots=True, eq=False)
+class Partial(Result):
+    """A streamed output holding one place of its packet's ``PartialGate`` until it is sent.
+
+    The scheduler hands it to ``job.reply`` and frees the place when the reply returns,
+    unless the consumer called ``defer()`` meanwhile: then the consumer calls ``sent()``
+    once the partial is written, or ``drop()`` when it never will be. Both are idempotent.
+    """
+
+    gate: PartialGate | None = None
+    deferred: bool = False
+
+    def defer(self) -> None:
+        """The consumer will call ``sent()`` or ``drop()`` itself."""
+        self.deferred = True
+
+    def sent(self) -> None:
+        """Free the place (on the loop's thread)."""
+        gate, self.gate = self.gate, None
+        if gate is not None:
+            gate.release()
+
+    def drop(self) -> None:
+        """Close the packet's gate: its producer stops at its next partial (on the loop's thread)."""
+        gate, self.gate = self.gate, None
+        if gate is not None:
+            gate.close()
+
 
 Reply = Callable[[Result], None]
 
@@ -55,6 +98,120 @@ class Job:
     members: list[Job] | None = None
     source: str = ""
     trace: Any = None
+    # Set on the job's first partial output (see PartialGate); None for a job that never streams.
+    partials: PartialGate | None = None
+
+
+class PartialsAbandoned(Unavailable):
+    """Raised in a streaming ``on_data`` producer whose packet's partials go nowhere any more
+    (the caller's stream closed, or the packet was answered); the generator is closed."""
+
+
+class PartialGate:
+    """Bounds one packet's partial outputs produced but not yet sent (``AIOS_MAX_UNSENT_PARTIALS``).
+
+    The producer takes a place per partial (``take`` blocks a worker thread, ``take_async``
+    waits on the loop); the consumer frees it once the partial is written (``release``).
+    ``close`` wakes every waiter for good: ``take`` then answers False and the producer
+    stops. ``finish`` marks the packet answered (the scheduler's exactly-once guard for
+    packets whose terminal answer may come from two places). ``peak`` is the most places
+    ever taken at once (for tests and diagnostics).
+
+    Created only when a packet streams, so a packet that never does pays nothing.
+    ``release``, ``close`` and ``finish`` run on the loop's thread; ``take`` in a worker thread.
+    """
+
+    __slots__ = ("_cond", "_free", "_waiter", "closed", "finished", "limit", "peak", "waiting")
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"PartialGate needs limit >= 1, got {limit}")
+        self.limit = limit
+        self._free = limit
+        self._cond = threading.Condition(threading.Lock())
+        self._waiter: asyncio.Future[None] | None = None
+        self.closed = False
+        self.finished = False
+        self.peak = 0
+        self.waiting = 0  # producers waiting for a place now
+
+    @property
+    def unsent(self) -> int:
+        """Partials produced and not yet sent."""
+        return self.limit - self._free
+
+    def _taken(self) -> None:
+        self._free -= 1
+        used = self.limit - self._free
+        if used > self.peak:
+            self.peak = used
+
+    def take(self) -> bool:
+        """Take a place, blocking this (worker) thread while none is free; False once closed."""
+        with self._cond:
+            while self._free <= 0 and not self.closed:
+                self.waiting += 1
+                try:
+                    self._cond.wait()
+                finally:
+                    self.waiting -= 1
+            if self.closed:
+                return False
+            self._taken()
+            return True
+
+    def try_take(self) -> bool:
+        """Take a place if one is free and the gate is open, without waiting."""
+        with self._cond:
+            if self._free <= 0 or self.closed:
+                return False
+            self._taken()
+            return True
+
+    async def take_async(self) -> bool:
+        """Take a place, waiting on the loop while none is free; False once closed."""
+        while True:
+            with self._cond:
+                if self.closed:
+                    return False
+                if self._free > 0:
+                    self._taken()
+                    return True
+                self.waiting += 1
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+                with self._cond:
+                    self.waiting -= 1
+
+    def release(self) -> None:
+        """Give one place back (the partial was sent)."""
+        with self._cond:
+            self._free += 1
+            self._cond.notify()
+        self._wake()
+
+    def close(self) -> None:
+        """Wake every producer for good: nothing more is sent for this packet."""
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+        self._wake()
+
+    def finish(self) -> bool:
+        """Mark the packet answered and close the gate; True when it was answered already."""
+        if self.finished:
+            return True
+        self.finished = True
+        self.close()
+        return False
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
 
 class JobQueue:

@@ -4,6 +4,12 @@ Workers finish packets in any order; a stream's answers for one session must com
 back in the order its packets arrived. Each packet takes a slot when it is read; a
 slot's results go out at once when every earlier packet of the same session on the
 stream is answered, and are held until then otherwise.
+
+A partial output keeps its place in its packet's bound of unsent partials (see
+``Partial``) while it is held here: the slot defers it, and the emitter calls
+``sent()`` once it is written. The bound is per packet, so a packet whose partials
+are held never takes places from the earlier packet it waits for. ``close()`` (the
+stream is gone) drops what is held, which stops those packets' producers.
 """
 
 from __future__ import annotations
@@ -32,11 +38,17 @@ class _Slot:
     def __call__(self, result: Result) -> None:
         # Runs once per answer: kept in one frame, with the in-order case first.
         if self.done:
+            result.drop()  # a partial after the terminal answer has nowhere to go
             return  # a second terminal answer would break "exactly once"; ignore it
         owner = self.owner
         queue = owner._sessions[self.session_id]
         terminal = result.kind is not _PARTIAL
         if queue[0] is not self:
+            if not terminal:
+                if owner.closed:
+                    result.drop()
+                    return
+                result.defer()
             if self.held is None:
                 self.held = []
             self.held.append(result)
@@ -44,6 +56,7 @@ class _Slot:
                 self.done = True
             return
         if not terminal:
+            result.defer()
             owner._emit(self.session_id, self.seq_no, result)
             return
         # Count the slot closed before emitting, so that the emitter sees
@@ -62,12 +75,26 @@ class _Slot:
 
 
 class OrderedReplies:
-    """Slots for one stream's packets; ``emit(session_id, seq_no, result)`` sends."""
+    """Slots for one stream's packets; ``emit(session_id, seq_no, result)`` sends.
+
+    ``emit`` takes over each partial: it calls ``result.sent()`` once the partial is
+    written, or ``result.drop()`` when it never will be.
+    """
 
     def __init__(self, emit: Emit) -> None:
         self._emit = emit
         self._sessions: dict[str, deque[_Slot]] = {}
         self.open_slots = 0
+        self.closed = False
+
+    def close(self) -> None:
+        """The stream is gone: drop every partial held and each one that comes later."""
+        self.closed = True
+        for queue in self._sessions.values():
+            for slot in queue:
+                held, slot.held = slot.held, None
+                for result in held or ():
+                    result.drop()
 
     def slot(self, session_id: str, seq_no: int) -> _Slot:
         """A reply callable for the next packet of ``session_id`` on this stream."""

@@ -90,11 +90,18 @@ class BlockServicer(pb_grpc.BlockServiceServicer):
                 if not stream.coalesce:
                     response = pb.ProcessResponse()
                     _fill_result(response.result, item)
-                    yield response
+                    try:
+                        yield response
+                    except BaseException:
+                        item[2].drop()  # never written: its producer must not wait for it
+                        raise
                     # A packet leaves the window once its answer is written, not when it is
                     # computed: a caller that stops reading answers stops the reading too.
+                    # The same holds for a partial and its packet's bound of unsent partials.
                     if item[2].kind is not _PARTIAL:
                         window.release()
+                    else:
+                        item[2].sent()
                     continue
                 items = [item]
                 end = False
@@ -108,17 +115,24 @@ class BlockServicer(pb_grpc.BlockServiceServicer):
                 add = response.results.add
                 for one in items:
                     _fill_result(add(), one)
-                yield response
+                try:
+                    yield response
+                except BaseException:
+                    for one in items:
+                        one[2].drop()
+                    raise
                 for one in items:
                     if one[2].kind is not _PARTIAL:
                         window.release()
+                    else:
+                        one[2].sent()
                 if end:
                     break
             await reader
         finally:
             self.open_streams -= 1
             self._streams.discard(stream)
-            stream.closed = True
+            stream.close()
             if not reader.done():
                 reader.cancel()
 
@@ -181,7 +195,8 @@ class BlockServicer(pb_grpc.BlockServiceServicer):
 class _Outbox:
     """One stream's answers on their way out: a single-consumer queue, cheaper than asyncio.Queue.
 
-    Not bounded itself: the stream's window bounds the terminal results in it.
+    Not bounded itself: the stream's window bounds the terminal results in it, each
+    packet's ``PartialGate`` (``AIOS_MAX_UNSENT_PARTIALS``) the partials.
     """
 
     __slots__ = ("_items", "_waiter")
@@ -273,8 +288,19 @@ class _Stream:
         self.deadline = time.monotonic() + time_remaining if time_remaining else 0.0
         self.trace: dict[str, str] | None = None  # W3C trace context from the stream's metadata
 
+    def close(self) -> None:
+        """The caller is gone: drop every partial not written, so that its producer stops."""
+        self.closed = True
+        self.replies.close()
+        out = self.out
+        while not out.empty():
+            item = out.get_nowait()
+            if item is not _END:
+                item[2].drop()
+
     def _emit(self, session_id: str, seq_no: int, result: Result) -> None:
         if self.closed:
+            result.drop()
             return
         # The response message is built by the writer, straight into the message it sends.
         self.out.put_nowait((session_id, seq_no, result))

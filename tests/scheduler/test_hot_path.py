@@ -73,6 +73,25 @@ def test_one_packet_at_a_time_is_not_taken_for_a_pipelining_client(serve):
     assert served.server.scheduler.pipelined_arrivals == 0
 
 
+def test_a_shallow_pipeline_is_not_held_for_the_whole_gather_time(serve):
+    # AIOS_GATHER_S is set far above anything the test does otherwise: a client that
+    # pipelines a few packets and then waits for their answers sends nothing more, so
+    # the chunk must go once no packet came for a fifth of it, not after all of it.
+    gather_s = 1.0
+    served = serve(FastBlock, workers=2, gather_s=gather_s)
+    with BlockClient(served.address) as client:
+        client.run({"warm": True})
+        rounds = []
+        for r in range(4):
+            start = time.monotonic()
+            results = list(client.process([{"r": r, "i": i} for i in range(4)], session_id=f"g{r}", timeout=30))
+            rounds.append(time.monotonic() - start)
+            assert [x.data for x in results] == [{"r": r, "i": i} for i in range(4)]
+    assert served.server.scheduler.pipelined_arrivals > 0  # the gather did apply
+    # Without the early end each round takes about gather_s; with it, about two fifths.
+    assert max(rounds) < gather_s * 0.75, rounds
+
+
 def test_a_stuck_packet_of_a_fast_block_does_not_hold_other_streams(serve):
     StuckOnceBlock.released.clear()
     served = serve(StuckOnceBlock, workers=2)
