@@ -57,6 +57,8 @@ class BatchStage:
         self.flushing = False
         self.sizes: Counter[int] = Counter()
         self._slot_free = asyncio.Event()
+        # Packets taken off the queue for the batch being formed, not yet running.
+        self._held: list[Job] | None = None
         self._tasks: dict[asyncio.Task[None], list[Job]] = {}
         self._started: set[asyncio.Task[Any]] = set()
 
@@ -92,36 +94,47 @@ class BatchStage:
     # -- forming -----------------------------------------------------------------------
 
     async def run(self, queue: JobQueue) -> None:
-        """Form batches until cancelled."""
-        while True:
-            first = await queue.get()
-            jobs = [first]
-            # A plain Batcher has no time limit; the other rules still close its batches.
-            close_at = first.received + self.t if self.kind == "time" else math.inf
-            # While every slot is busy the batch could not run anyway: let the queue
-            # fill, and take what is there when a slot frees (or at T). Waiting once
-            # per batch, not once per arriving packet, keeps this cheap under load.
-            while self.running >= self.max_concurrent and not self.flushing:
-                remaining = close_at - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._slot_free.clear()
-                try:
-                    await asyncio.wait_for(self._slot_free.wait(), min(remaining, 3600.0))
-                except TimeoutError:
-                    break
-            while len(jobs) < self.n:
-                try:
-                    jobs.append(queue.get_nowait())
-                except asyncio.QueueEmpty:
-                    break
-            while self.running >= self.max_concurrent:
-                self._slot_free.clear()
-                await self._slot_free.wait()
-            self.running += 1
-            task = asyncio.create_task(self._run_batch(jobs))
-            self._tasks[task] = jobs
-            task.add_done_callback(self._batch_done)
+        """Form batches until cancelled; packets taken off the queue and not yet running are answered then."""
+        try:
+            while True:
+                first = await queue.get()
+                self._held = jobs = [first]
+                await self._form(queue, jobs)
+                self._held = None
+                self.running += 1
+                task = asyncio.create_task(self._run_batch(jobs))
+                self._tasks[task] = jobs
+                task.add_done_callback(self._batch_done)
+        except asyncio.CancelledError:
+            held, self._held = self._held, None
+            if held:
+                answer_all(self.scheduler, held, Unavailable("server is shutting down", stage="batch"))
+            raise
+
+    async def _form(self, queue: JobQueue, jobs: list[Job]) -> None:
+        """Fill ``jobs`` (its first packet in) by the batch rules, until it may run."""
+        # A plain Batcher has no time limit; the other rules still close its batches.
+        close_at = jobs[0].received + self.t if self.kind == "time" else math.inf
+        # While every slot is busy the batch could not run anyway: let the queue
+        # fill, and take what is there when a slot frees (or at T). Waiting once
+        # per batch, not once per arriving packet, keeps this cheap under load.
+        while self.running >= self.max_concurrent and not self.flushing:
+            remaining = close_at - time.monotonic()
+            if remaining <= 0:
+                break
+            self._slot_free.clear()
+            try:
+                await asyncio.wait_for(self._slot_free.wait(), min(remaining, 3600.0))
+            except TimeoutError:
+                break
+        while len(jobs) < self.n:
+            try:
+                jobs.append(queue.get_nowait())
+            except asyncio.QueueEmpty:
+                break
+        while self.running >= self.max_concurrent:
+            self._slot_free.clear()
+            await self._slot_free.wait()
 
     def _batch_done(self, task: asyncio.Task[None]) -> None:
         jobs = self._tasks.pop(task, None)
