@@ -339,9 +339,6 @@ class Scheduler:
 
     def answer(self, job: Job, result: Result) -> None:
         """Send a terminal result for ``job`` (on the loop's thread)."""
-        gate = job.partials
-        if gate is not None and gate.finish():
-            return  # a streamed job answered already (see _answer_chunk): exactly once
         try:
             job.reply(result)
         except Exception:
@@ -440,9 +437,16 @@ class Scheduler:
         for a place wakes up and stops.
         """
         for job in jobs:
-            if job.partials is None:
-                self._gate(job)
-            self.answer(job, Result(Kind.ERROR, error=error))
+            gate = job.partials or self._gate(job)
+            if not gate.finish():  # else its thread answered it already (_finish_streamed)
+                self.answer(job, Result(Kind.ERROR, error=error))
+
+    def _finish_streamed(self, job: Job, res: list[AIOSPacket] | BaseException) -> None:
+        """``_finish`` for a job that streamed, handed over by its worker thread as it ended."""
+        gate = job.partials
+        if gate is not None and gate.finish():
+            return  # _answer_chunk answered it already (the worker was cancelled meanwhile)
+        self._finish(job, res)
 
     # -- workers ---------------------------------------------------------------------
 
@@ -605,7 +609,7 @@ class Scheduler:
                 # A job that streamed is answered now, not with the chunk: a later packet
                 # of its session in this chunk holds its partials until this one is
                 # answered, and would wait for places forever.
-                self._to_loop(self._finish, job, out[-1])
+                self._to_loop(self._finish_streamed, job, out[-1])
                 out[-1] = None
         elapsed = (time.perf_counter() - start) / len(jobs)
         self._job_time_s = elapsed if self._job_time_s == 0 else 0.8 * self._job_time_s + 0.2 * elapsed

@@ -228,6 +228,7 @@ def test_server_stop_frees_a_waiting_producer(serve):
         served.close(grace_s=0.2)
     wait_for(lambda: block.stats()["closed"] == 1, what="the generator to be closed")
     wait_for(lambda: not any(t.is_alive() for t in threads), what="the worker thread to end")
+    assert served.server.scheduler.in_flight == 0  # answered exactly once (-1 if twice)
 
 
 def test_other_consumers_free_places_on_delivery(serve):
