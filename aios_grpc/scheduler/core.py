@@ -442,7 +442,7 @@ class Scheduler:
                 self.answer(job, Result(Kind.ERROR, error=error))
 
     def _finish_streamed(self, job: Job, res: list[AIOSPacket] | BaseException) -> None:
-        """``_finish`` for a job that streamed, handed over by its worker thread as it ended."""
+        """``_finish`` for a job that streamed, as it ended (handed over by its worker thread, or async)."""
         gate = job.partials
         if gate is not None and gate.finish():
             return  # _answer_chunk answered it already (the worker was cancelled meanwhile)
@@ -622,7 +622,10 @@ class Scheduler:
             res: list[AIOSPacket] | BaseException = [self.output_packet(job, o) for o in outputs]
         except Exception as exc:
             res = exc
-        self._finish(job, res)
+        if job.partials is not None:
+            self._finish_streamed(job, res)  # marks it answered, for _answer_chunk
+        else:
+            self._finish(job, res)
 
     async def to_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run a plain function in the block's thread pool."""
