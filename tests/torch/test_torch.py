@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
@@ -70,6 +71,38 @@ def test_model_runs_under_inference_mode_and_matches_offline():
         expected = module(torch.tensor(xs))
     assert len(rows) == 5
     assert torch.allclose(torch.tensor(rows), expected, atol=1e-5)
+
+
+def test_classifier_takes_float32_files_and_json_in_one_batch():
+    import struct
+
+    from aios_grpc import AIOSPacket, FileInfo
+
+    block = TorchClassifier(TestContext())
+    xs = torch.randn(4, 256).tolist()
+    packets = [
+        AIOSPacket(
+            session_id="s", seq_no=k, data="{}", files=[FileInfo('{"dtype": "float32"}', struct.pack("<256f", *x))]
+        )
+        for k, x in enumerate(xs[:3])
+    ]
+    packets.append(AIOSPacket(session_id="s", seq_no=3, data=json.dumps({"x": xs[3]})))
+    with torch.no_grad():
+        expected = build_mlp()(torch.tensor(xs))
+    for batch in (packets[:3], packets):  # files only (one decode for the batch), then mixed
+        entries = []
+        for packet in batch:
+            ok, found = block.on_preprocess(packet)
+            assert ok
+            entries += found
+        results = block.on_batch(entries)
+        assert [ok for ok, _ in results] == [True] * len(batch)
+        logits = torch.tensor([r.output["logits"] for _, r in results])
+        assert torch.allclose(logits, expected[: len(batch)], atol=1e-5)
+        assert [r.output["label"] for _, r in results] == expected[: len(batch)].argmax(dim=1).tolist()
+    short = AIOSPacket(session_id="s", seq_no=9, data="{}", files=[FileInfo("{}", b"\0" * 12)])
+    ok, message = block.on_preprocess(short)
+    assert not ok and "256 float32 values, got 12 bytes" in message
 
 
 def test_served_classifier_batches_and_answers_like_offline(serve):
