@@ -8,16 +8,19 @@ subprocess. One client process keeps 64 packets in flight over 8 streams (8 per
 stream; each answer lets the next packet go), with client coalescing on
 (``coalesce_window_s``) and off. Then, in this process, the same model runs offline
 at the batch size the server actually formed (the packet-weighted median of the
-server's batch-size histogram), both as ``TorchModel.run`` on Python lists (collate,
-forward, split: what ``on_batch`` does) and as a bare forward pass on a ready tensor.
+server's batch-size histogram), both as ``TorchModel.run`` on a list of decoded
+inputs (collate, forward, split; ``on_batch`` decodes a batch of float32 files in one
+call instead of collating) and as a bare forward pass on a ready tensor.
 torch uses ``--threads`` intra-op threads on both sides. Served and offline runs
 alternate ``--rounds`` times and the medians are shown, so that load from elsewhere
 on the machine falls on both alike.
 
 It prints packets/s served and offline, the served/offline ratios, the batch-size
-histogram and p50/p99 latency per mode, and, to show what gRPC and the client cost
-on this machine, the rate of the scheduler alone (jobs submitted in-process), both
-with 64 jobs out at a time like the served runs and with every job queued at once.
+histogram, p50/p99 latency and the CPU microseconds per packet of the server (all
+threads) and of the client process per mode (both share this machine's cores),
+and, to show what gRPC and the client cost on this machine, the rate of the
+scheduler alone (jobs submitted in-process), both with 64 jobs out at a time like
+the served runs and with every job queued at once.
 """
 
 from __future__ import annotations
@@ -34,14 +37,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import percentile, start_block, stop
+from _harness import cpu_seconds, percentile, start_block, stop
 
 STREAMS = 8
 PER_STREAM = 8
 
 
-async def serve_load(address: str, total: int, window_s: float, pool: list) -> tuple[float, list[float]]:
-    """Packets/s and latencies for ``total`` packets, 64 in flight over 8 streams."""
+async def serve_load(
+    address: str, total: int, window_s: float, pool: list, server_pid: int = 0
+) -> tuple[float, list[float], tuple[float, float]]:
+    """Packets/s, latencies, and (server, client) CPU microseconds per packet for ``total`` packets.
+
+    64 packets are in flight over 8 streams. The CPU split is what each process used
+    during the measured run (the warm-up excluded): on a machine with few cores the
+    client's share competes with the server's.
+    """
     from aios_grpc_client import AsyncBlockClient, make_packet
 
     latencies: list[float] = []
@@ -72,10 +82,15 @@ async def serve_load(address: str, total: int, window_s: float, pool: list) -> t
 
         await asyncio.gather(*(one(k, 16) for k in range(STREAMS)))  # warm-up
         latencies.clear()
+        server_cpu = cpu_seconds(server_pid) if server_pid else 0.0
+        client_cpu = time.process_time()
         start = time.perf_counter()
         await asyncio.gather(*(one(k, per) for k in range(STREAMS)))
         elapsed = time.perf_counter() - start
-    return per * STREAMS / elapsed, latencies
+        client_cpu = time.process_time() - client_cpu
+        server_cpu = cpu_seconds(server_pid) - server_cpu if server_pid else 0.0
+    n = per * STREAMS
+    return n / elapsed, latencies, (server_cpu / n * 1e6, client_cpu / n * 1e6)
 
 
 async def histogram(address: str) -> dict[int, int]:
@@ -222,12 +237,18 @@ def main() -> None:
         lat: list[float] = []
         run_rates: list[float] = []
         forward_rates: list[float] = []
+        server_us: list[float] = []
+        client_us: list[float] = []
         try:
             # Served and offline runs alternate, so that load from elsewhere on the
             # machine falls on both alike; medians are shown.
             for _ in range(args.rounds):
-                rate, round_lat = asyncio.run(serve_load(address, args.packets // args.rounds, window, pool))
+                rate, round_lat, (s_us, c_us) = asyncio.run(
+                    serve_load(address, args.packets // args.rounds, window, pool, proc.pid)
+                )
                 served.append(rate)
+                server_us.append(s_us)
+                client_us.append(c_us)
                 lat += round_lat
                 batch = typical_batch(asyncio.run(histogram(address)))
                 run_rate, forward_rate = offline(batch, inputs, 1.0, args.threads)
@@ -243,6 +264,7 @@ def main() -> None:
             typical_batch(hist),
             statistics.median(run_rates),
             statistics.median(forward_rates),
+            (statistics.median(server_us), statistics.median(client_us)),
         )
     scheduler_only = in_process(pool, args.threads, STREAMS * PER_STREAM)
     scheduler_queued = in_process(pool, args.threads, 0)
@@ -251,12 +273,13 @@ def main() -> None:
         f"{args.packets} packets per mode, TimeBasedBatcher(32, 0.005), {args.input} input, "
         f"max_concurrent_batches {args.concurrent}"
     )
-    for mode, (rate, lat, hist, batch, run_rate, forward_rate) in results.items():
+    for mode, (rate, lat, hist, batch, run_rate, forward_rate, (s_us, c_us)) in results.items():
         print(f"\n[{mode}]")
         print(
             f"  served            {rate:8.0f} packets/s   p50 {percentile(lat, 0.5) * 1e3:.2f} ms   "
             f"p99 {percentile(lat, 0.99) * 1e3:.2f} ms"
         )
+        print(f"  CPU per packet    server {s_us:.0f} us (all threads), client {c_us:.0f} us")
         print(
             f"  offline @ batch {batch:<3} TorchModel.run {run_rate:8.0f} packets/s -> served/offline "
             f"{rate / run_rate:.2f}"

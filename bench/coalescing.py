@@ -10,9 +10,10 @@ and reading concurrently, in three modes that alternate round by round:
 - ``window``: ``coalesce_window_s=0.002`` (packets written within 2 ms share a request);
 - ``count``: ``coalesce=64`` (64 packets per request).
 
-It prints the median packets/s of each mode and the ratio to ``none``, and the
-server's CPU time per packet (user + system, all its threads), which swings less with
-whatever else runs on the machine than throughput does.
+It prints the median packets/s of each mode and the ratio to ``none``, the server's
+CPU time per packet (user + system, all its threads), which swings less with
+whatever else runs on the machine than throughput does, and the client process's
+CPU time per packet (it shares the machine's cores with the server).
 """
 
 from __future__ import annotations
@@ -78,24 +79,34 @@ def main() -> None:
     proc, address = start_block("bench/coalescing.py:Echo")
     rates: dict[str, list[float]] = {m: [] for m in MODES}
     cpu: dict[str, list[float]] = {m: [] for m in MODES}
+    client_cpu: dict[str, list[float]] = {m: [] for m in MODES}
     try:
         for _ in range(args.rounds):
             for mode, options in MODES.items():
                 before = cpu_seconds(proc.pid)
+                mine = time.process_time()
                 rates[mode].append(asyncio.run(drive(address, args.streams, args.packets, options)))
                 # Includes the 200-packet warm-up: a small overcount, alike for every mode.
                 cpu[mode].append((cpu_seconds(proc.pid) - before) / args.packets * 1e6)
+                client_cpu[mode].append((time.process_time() - mine) / args.packets * 1e6)
     finally:
         stop(proc)
     base = statistics.median(rates["none"])
     base_cpu = statistics.median(cpu["none"])
     print(f"trivial block, {args.streams} streams, {args.packets} packets per run, median of {args.rounds} rounds")
-    print(f"{'mode':<34} {'packets/s':>10} {'vs none':>8} {'server cpu us/pkt':>18} {'cpu vs none':>11}")
+    print(
+        f"{'mode':<34} {'packets/s':>10} {'vs none':>8} {'server cpu us/pkt':>18} {'cpu vs none':>11} "
+        f"{'client cpu us/pkt':>18}"
+    )
     labels = {"none": "no coalescing", "window": "coalesce_window_s=0.002", "count": "coalesce=64"}
     for mode in MODES:
         rate = statistics.median(rates[mode])
         us = statistics.median(cpu[mode])
-        print(f"{labels[mode]:<34} {rate:>10.0f} {rate / base:>7.2f}x {us:>18.1f} {base_cpu / us:>10.2f}x")
+        client_us = statistics.median(client_cpu[mode])
+        print(
+            f"{labels[mode]:<34} {rate:>10.0f} {rate / base:>7.2f}x {us:>18.1f} {base_cpu / us:>10.2f}x "
+            f"{client_us:>18.1f}"
+        )
 
 
 if __name__ == "__main__":
