@@ -338,7 +338,10 @@ class Scheduler:
     # -- egress ----------------------------------------------------------------------
 
     def answer(self, job: Job, result: Result) -> None:
-        """Send a terminal result for ``job`` (on the loop's thread)."""
+        """Send a terminal result for ``job`` (on the loop's thread); only the first one counts."""
+        if job.answered:
+            return
+        job.answered = True
         try:
             job.reply(result)
         except Exception:

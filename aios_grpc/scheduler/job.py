@@ -100,6 +100,9 @@ class Job:
     trace: Any = None
     # Set on the job's first partial output (see PartialGate); None for a job that never streams.
     partials: PartialGate | None = None
+    # Set by Scheduler.answer: a later terminal answer (a chunk cancelled after some of
+    # its jobs were answered) is dropped, so each job is answered and counted once.
+    answered: bool = False
 
 
 class PartialsAbandoned(Unavailable):
