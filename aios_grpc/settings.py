@@ -145,7 +145,8 @@ class Settings(BaseSettings):
     redis_claim_idle_s: float = Field(30.0, gt=0, validation_alias=_env("REDIS_CLAIM_IDLE_S"))
     """Entries pending this long on another consumer (a dead instance) are claimed."""
     redis_max_deliveries: int = Field(5, ge=1, validation_alias=_env("REDIS_MAX_DELIVERIES"))
-    """Deliveries after which an entry (stream ingress) or item (list ingress) goes to the dead letters."""
+    """Deliveries after which an entry (stream ingress), an item (list ingress) or a PARAMETER_UPDATES
+    update goes to the dead letters."""
     redis_dead_letter_stream: str = Field("", validation_alias=_env("REDIS_DEAD_LETTER_STREAM"))
     """Dead-letter stream (default: ``<ingress stream>:dead`` or ``<ingress list>:dead``)."""
     redis_events_queue: str = Field("EVENTS_QUEUE", validation_alias=_env("REDIS_EVENTS_QUEUE"))
