@@ -121,11 +121,13 @@ class BlockServicer(pb_grpc.BlockServiceServicer):
                     for one in items:
                         one[2].drop()
                     raise
+                answered = 0
                 for one in items:
                     if one[2].kind is not _PARTIAL:
-                        window.release()
+                        answered += 1
                     else:
                         one[2].sent()
+                window.release(answered)
                 if end:
                     break
             await reader
@@ -241,10 +243,10 @@ class _Window:
         self._free = size
         self._waiter: asyncio.Future[None] | None = None
 
-    def try_acquire(self) -> bool:
-        """Take a place if one is free."""
-        if self._free > 0:
-            self._free -= 1
+    def try_acquire(self, places: int = 1) -> bool:
+        """Take ``places`` places if that many are free (all or none)."""
+        if self._free >= places:
+            self._free -= places
             return True
         return False
 
@@ -258,9 +260,9 @@ class _Window:
                 self._waiter = None
         self._free -= 1
 
-    def release(self) -> None:
-        """Give a place back."""
-        self._free += 1
+    def release(self, places: int = 1) -> None:
+        """Give places back (one per answer written)."""
+        self._free += places
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -335,8 +337,14 @@ class _Stream:
                     )
                     continue
                 taken = 0
+                # Places for every packet of the request at once when they are free (the
+                # usual case), else one by one, waiting as needed.
+                held = len(messages) if window.try_acquire(len(messages)) else 0
+                stream_deadline = self.deadline
                 for msg in messages:
-                    if not window.try_acquire():
+                    if held:
+                        held -= 1
+                    elif not window.try_acquire():
                         try:
                             await window.acquire()
                         except asyncio.CancelledError:
@@ -346,7 +354,7 @@ class _Stream:
                     packet = packet_from_proto(msg)
                     if replies.open_slots:
                         scheduler.pipelined_arrivals += 1
-                    deadline = self.deadline
+                    deadline = stream_deadline
                     if packet.deadline:
                         # The packet's own deadline is wall-clock; turn it into monotonic time.
                         own = time.monotonic() + (packet.deadline - time.time())
