@@ -25,14 +25,13 @@ from aios_grpc_client._types import (
     info_of,
     management_request,
     management_result,
+    packet_requests,
     parameters_of,
     parameters_request,
     pb,
-    requests_of,
     results_of,
     send_item,
     status_name,
-    to_packets,
 )
 
 _CLOSE = object()
@@ -84,15 +83,18 @@ class AsyncBlockClient:
         most ``coalesce``, 256 by default).
         """
         feeder: asyncio.Task[None] | None = None
-        if coalesce_window_s > 0:
+        if not isinstance(packets, AsyncIterable):
+            # Produced on the event loop's own thread, a plain iterable never lets the loop
+            # run between two items, so its window is timed between items as they come;
+            # no queue and no feeder task per stream.
+            requests: Any = packet_requests(packets, session_id, first_seq_no, coalesce, coalesce_window_s)
+        elif coalesce_window_s > 0:
             limit = coalesce if coalesce > 1 else DEFAULT_COALESCE
             source: asyncio.Queue[Any] = asyncio.Queue(maxsize=2 * limit)
             feeder = asyncio.create_task(self._feed(packets, session_id, first_seq_no, source))
-            requests: Any = async_window_requests(source, coalesce, coalesce_window_s)
-        elif isinstance(packets, AsyncIterable):
-            requests = async_requests_of(async_to_packets(packets, session_id, first_seq_no), coalesce)
+            requests = async_window_requests(source, coalesce, coalesce_window_s)
         else:
-            requests = requests_of(to_packets(packets, session_id, first_seq_no), coalesce)
+            requests = async_requests_of(async_to_packets(packets, session_id, first_seq_no), coalesce)
         try:
             call = self._stub.Process(requests, timeout=timeout, metadata=self.metadata)
             async for response in call:
@@ -104,16 +106,13 @@ class AsyncBlockClient:
 
     @staticmethod
     async def _feed(
-        packets: Iterable[PacketLike] | AsyncIterable[PacketLike],
-        session_id: str,
-        first_seq_no: int,
-        target: asyncio.Queue[Any],
+        packets: AsyncIterable[PacketLike], session_id: str, first_seq_no: int, target: asyncio.Queue[Any]
     ) -> None:
-        if isinstance(packets, AsyncIterable):
-            async for packet in async_to_packets(packets, session_id, first_seq_no):
-                await target.put(packet)
-        else:
-            for packet in to_packets(packets, session_id, first_seq_no):
+        async for packet in async_to_packets(packets, session_id, first_seq_no):
+            try:
+                # The usual case: room in the queue, so no await at all.
+                target.put_nowait(packet)
+            except asyncio.QueueFull:
                 await target.put(packet)
         await target.put(END)
 

@@ -25,10 +25,10 @@ from aios_grpc_client._types import (
     info_of,
     management_request,
     management_result,
+    packet_requests,
     parameters_of,
     parameters_request,
     pb,
-    requests_of,
     results_of,
     send_item,
     status_name,
@@ -95,7 +95,7 @@ class BlockClient:
             feed_thread(to_packets(packets, session_id, first_seq_no), source, stop)
             requests = window_requests(source, coalesce, coalesce_window_s)
         else:
-            requests = requests_of(to_packets(packets, session_id, first_seq_no), coalesce)
+            requests = packet_requests(packets, session_id, first_seq_no, coalesce)
         try:
             responses = self._stub.Process(requests, timeout=timeout, metadata=self.metadata)
             for response in responses:
