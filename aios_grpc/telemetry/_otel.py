@@ -17,7 +17,9 @@ metadata; child spans for the queue wait, ``on_preprocess``, ``on_data`` and
 routing; an ``aios.batch`` span per ``on_batch`` call linked to every packet it
 carried. The packet span's context is written back into the packet's headers, so
 outputs (which copy the input's headers) and anything the block forwards carry it
-to the next block: a chain of blocks yields one trace.
+to the next block: a chain of blocks yields one trace. An unsampled packet keeps
+nothing but that header (which carries the "not sampled" decision on); its stages
+are only timed.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ import functools
 import inspect
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
+from types import GeneratorType
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
@@ -37,7 +40,6 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics._internal.exemplar import AlwaysOffExemplarFilter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode, TracerProvider
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from aios_grpc._version import __version__
 from aios_grpc.errors import status_of
@@ -50,6 +52,7 @@ from aios_grpc.telemetry._export import (
 )
 from aios_grpc.telemetry._metrics import OTelMetricsBackend, attach_backend
 from aios_grpc.telemetry._stats import FOLD_AT, Key, Stats
+from aios_grpc.telemetry._trace import Traced, extract, write_context
 
 if TYPE_CHECKING:
     from aios_grpc.block import BlockAdapter
@@ -63,7 +66,6 @@ LATENCY_BOUNDS = (
 )  # fmt: skip
 BATCH_BOUNDS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 STAGES = ("queue", "preprocess", "data", "batch", "route")
-_PROPAGATOR = TraceContextTextMapPropagator()
 _OK: Key = ("OK",)
 
 
@@ -104,7 +106,7 @@ class Observability(Telemetry):
         else:
             self._own_tracer_provider = None
         self.tracer = tracer_provider.get_tracer("aios_grpc", __version__) if tracer_provider else None
-        self._live: dict[str, _Traced] = {}  # traceparent of a live packet span -> the span
+        self._live: dict[str, Traced] = {}  # traceparent of a live packet span -> the span
         self.stage_spans = settings.tracing_stages
         self._muxer_groups = 0
         self._last_answered = 0.0  # time.monotonic() of the last answer
@@ -206,11 +208,11 @@ class Observability(Telemetry):
             return
         packet = job.packet
         headers = packet.headers
-        carrier = headers if "traceparent" in headers else (job.trace or {})
-        parent = _PROPAGATOR.extract(carrier) if carrier else None
+        carrier = headers if "traceparent" in headers else job.trace
+        # The attributes go in at the start, where a sampler can see them.
         span = self.tracer.start_span(
             "aios.packet",
-            context=parent,
+            context=extract(carrier) if carrier else None,
             kind=SpanKind.SERVER,
             attributes={
                 "aios.block_id": self.settings.block_id,
@@ -219,11 +221,15 @@ class Observability(Telemetry):
                 "aios.source": job.source,
             },
         )
-        traced = _Traced(span, trace.set_span_in_context(span))
         # Even an unsampled span's context is written on: it carries the "not sampled"
         # decision downstream, so the next block does not start a trace of its own.
-        _PROPAGATOR.inject(headers, context=traced.ctx)
-        self._live[headers["traceparent"]] = traced
+        # Nothing else is kept for it: its stages cost a type check each.
+        tp = write_context(headers, span.get_span_context())
+        if tp is None or not span.is_recording():
+            job.trace = None
+            return
+        traced = Traced(span, trace.set_span_in_context(span), tp)
+        self._live[tp] = traced
         job.trace = traced
 
     def stage_done(self, job: Job, stage: str, seconds: float) -> None:
@@ -234,24 +240,12 @@ class Observability(Telemetry):
         pending.append(seconds)
         if len(pending) >= FOLD_AT:
             self.stage_seconds.fold()
-        if self.tracer is None:
-            return
         traced = job.trace
-        if not isinstance(traced, _Traced) or not traced.recording:
-            return
-        assert self.tracer is not None
-        if not self.stage_spans:
-            traced.span.set_attribute(f"aios.{stage}_s", seconds)
-            return
-        end = time.time_ns()
-        child = self.tracer.start_span(f"aios.{stage}", context=traced.ctx, start_time=end - int(seconds * 1e9))
-        child.end(end_time=end)
+        if type(traced) is Traced:
+            self._stage_span(traced, stage, seconds)
 
     def stages_done(self, jobs: Sequence[Job], stage: str, seconds: Sequence[float]) -> None:
         """Time the stage of a whole chunk of jobs; with tracing, as ``stage_done`` per job."""
-        if self.tracer is not None:
-            super().stages_done(jobs, stage, seconds)
-            return
         if len(seconds) != len(jobs):
             raise ValueError(f"stages_done: {len(jobs)} jobs but {len(seconds)} durations")
         pending = self._stage_pending.get(stage)
@@ -260,6 +254,22 @@ class Observability(Telemetry):
         pending.extend(seconds)
         if len(pending) >= FOLD_AT:
             self.stage_seconds.fold()
+        if self.tracer is None:
+            return
+        for job, took in zip(jobs, seconds, strict=True):
+            traced = job.trace
+            if type(traced) is Traced:
+                self._stage_span(traced, stage, took)
+
+    def _stage_span(self, traced: Traced, stage: str, seconds: float) -> None:
+        """A stage that ended just now, as a child span (or an attribute) of the packet span."""
+        if not self.stage_spans:
+            traced.span.set_attribute(f"aios.{stage}_s", seconds)
+            return
+        assert self.tracer is not None
+        end = time.time_ns()
+        child = self.tracer.start_span(f"aios.{stage}", context=traced.ctx, start_time=end - int(seconds * 1e9))
+        child.end(end_time=end)
 
     def packet_answered(self, job: Job, result: Result) -> None:
         """Count the answer and time the packet; with tracing, close its span."""
@@ -276,30 +286,31 @@ class Observability(Telemetry):
                 self.packet_seconds.fold()
             if len(answered) >= FOLD_AT:
                 self.answered.fold()
-            if self.tracer is None:
-                return
+            traced = job.trace
+            if type(traced) is Traced:
+                span = traced.span
+                span.set_attribute("rpc.grpc.status_code", "OK")
+                span.end()
+                self._live.pop(traced.key, None)
+            return
         members = job.members or (job,)
         key: Key = _OK if error is None else (status_of(error)[0].name,)
-        if error is not None or job.members is not None:
-            for member in members:
-                self.answered.add(key)
-                if error is not None:
-                    self.failed.add((getattr(error, "stage", "") or "unknown", key[0]))
-                self.packet_seconds.observe(now - member.received)
+        for member in members:
+            self.answered.add(key)
+            if error is not None:
+                self.failed.add((getattr(error, "stage", "") or "unknown", key[0]))
+            self.packet_seconds.observe(now - member.received)
         if self.tracer is None:
             return
         # A merged (muxed) job carries its last member's span: end each span once.
-        spans = {id(m.trace): m.trace for m in (*members, job) if isinstance(m.trace, _Traced)}
+        spans = {id(m.trace): m.trace for m in (*members, job) if type(m.trace) is Traced}
         for traced in spans.values():
-            if traced.recording:
-                if error is not None:
-                    traced.span.set_status(Status(StatusCode.ERROR, str(error)))
-                traced.span.set_attribute("rpc.grpc.status_code", key[0])
-            traced.span.end()
-        for member in members:
-            tp = member.packet.headers.get("traceparent")
-            if tp is not None:
-                self._live.pop(tp, None)
+            span = traced.span
+            if error is not None:
+                span.set_status(Status(StatusCode.ERROR, str(error)))
+            span.set_attribute("rpc.grpc.status_code", key[0])
+            span.end()
+            self._live.pop(traced.key, None)
 
     def batch_formed(self, size: int, jobs: Any = None) -> None:
         """Record the batch's size."""
@@ -329,140 +340,230 @@ class Observability(Telemetry):
         """Wrap ``on_preprocess`` and ``on_data`` to time (and trace) them, and ``on_batch`` to trace it.
 
         The batcher times batches itself (``stage_done(job, "batch", ...)`` per packet and
-        ``batch_formed``), so ``on_batch`` is wrapped only when tracing is on. A generator
-        ``on_data`` is timed until it returns its generator, not over its items.
+        ``batch_formed``), so ``on_batch`` is wrapped only when tracing is on. An
+        ``on_data`` that streams (a generator, or an async generator function) is timed,
+        and its span kept open, until the scheduler has drained it.
         """
         for name, stage in (("on_preprocess", "preprocess"), ("on_data", "data"), ("on_batch", "batch")):
             method = block.methods.get(name)
-            # An async generator is recognised by its function type, which a wrapper would hide.
-            if method is None or inspect.isasyncgenfunction(method):
+            if method is None or (stage == "batch" and self.tracer is None):
                 continue
-            if stage == "batch" and self.tracer is None:
-                continue
-            if block.is_async.get(name):
+            if inspect.isasyncgenfunction(method):
+                # Wrapped by an async generator function, so that the adapter still sees one.
+                block.methods[name] = self._wrap_async_gen(method, stage)
+            elif block.is_async.get(name):
                 block.methods[name] = self._wrap_async(method, stage)
             else:
                 block.methods[name] = self._wrap_sync(method, stage)
 
-    def _parent(self, arg: Any, stage: str) -> _Traced | None:
-        """The packet span an ``on_preprocess(packet)`` / ``on_data(entry)`` call belongs to."""
+    def _recorder(self, stage: str) -> Callable[[float], None] | None:
+        """What records one sample of ``stage`` (None for "batch", which the batcher times)."""
+        if stage == "batch":
+            return None
+        samples = self._stage_pending[stage]
+        fold = self.stage_seconds.fold
+
+        # Runs on worker threads: list.append is atomic, so no lock is taken.
+        def record(seconds: float) -> None:
+            samples.append(seconds)
+            if len(samples) >= FOLD_AT:
+                fold()
+
+        return record
+
+    def _traced_of(self, arg: Any, stage: str) -> Traced | None:
+        """The recorded packet span an ``on_preprocess(packet)`` / ``on_data(entry)`` call belongs to."""
         packet = arg if stage == "preprocess" else getattr(arg, "packet", None)
         headers = getattr(packet, "headers", None)
         tp = headers.get("traceparent") if headers else None
-        if not tp:
-            return None
-        traced = self._live.get(tp)
-        if traced is None:
-            # A packet the block made itself, with headers from elsewhere.
-            ctx = _PROPAGATOR.extract(headers)
-            traced = _Traced(trace.get_current_span(ctx), ctx)
-        return traced
+        return self._live.get(tp) if tp else None
 
-    def _enter(self, stage: str, arg: Any) -> tuple[Any, Any, float]:
-        """Open the stage's span (or none) and make it current; returns (span, token, start)."""
+    def _open(self, stage: str, arg: Any) -> tuple[Any, Any, Any]:
+        """Open the stage's span (or none); returns (span, the context to run under, the packet span)."""
         assert self.tracer is not None
-        span: Any = None
         if stage == "batch":
             links = []
             for entry in arg if isinstance(arg, list | tuple) else ():
-                parent = self._parent(entry, "data")
-                if parent is not None and parent.recording:
-                    links.append(Link(parent.span.get_span_context()))
-            if links:
-                span = self.tracer.start_span("aios.batch", links=links, attributes={"aios.batch_size": len(arg)})
-        else:
-            parent = self._parent(arg, stage)
-            if parent is not None and parent.recording and self.stage_spans:
-                span = self.tracer.start_span(f"aios.{stage}", context=parent.ctx)
-            elif parent is not None and parent.recording:
-                # No stage span: block code's own spans still nest under the packet's.
-                return None, otel_context.attach(parent.ctx), time.perf_counter()
-        token = otel_context.attach(trace.set_span_in_context(span)) if span is not None else None
-        return span, token, time.perf_counter()
+                traced = self._traced_of(entry, "data")
+                if traced is not None:
+                    links.append(Link(traced.span.get_span_context()))
+            if not links:
+                return None, None, None
+            span = self.tracer.start_span("aios.batch", links=links, attributes={"aios.batch_size": len(arg)})
+            return span, trace.set_span_in_context(span), None
+        traced = self._traced_of(arg, stage)
+        if traced is None:
+            return None, None, None
+        if not self.stage_spans:
+            # No stage span: block code's own spans still nest under the packet's.
+            return None, traced.ctx, traced
+        span = self.tracer.start_span(f"aios.{stage}", context=traced.ctx)
+        return span, trace.set_span_in_context(span), traced
 
-    def _exit(self, stage: str, arg: Any, span: Any, token: Any, seconds: float) -> None:
-        if token is not None:
-            otel_context.detach(token)
+    def _close(self, stage: str, span: Any, traced: Traced | None, seconds: float) -> None:
+        """End the stage's span, or note its time on the packet span when stage spans are off."""
         if span is not None:
             span.end()
-        elif token is not None and stage != "batch":
-            parent = self._parent(arg, stage)
-            if parent is not None:
-                parent.span.set_attribute(f"aios.{stage}_s", seconds)
+        elif traced is not None:
+            traced.span.set_attribute(f"aios.{stage}_s", seconds)
 
     def _wrap_sync(self, method: Callable[..., Any], stage: str) -> Callable[..., Any]:
-        key = self._stage_keys[stage]
-        if stage == "batch":
-            samples = None  # the batcher times batches itself
-        else:
-            samples = self._stage_pending[stage]
-            fold = self.stage_seconds.fold
-        if self.tracer is None:
-            if samples is None:
-                return method
-            clock = time.perf_counter
+        record = self._recorder(stage)
+        clock = time.perf_counter
+        untraced = method
+        if record is not None:
 
-            # Runs on worker threads: list.append is atomic, so no lock is taken.
             @functools.wraps(method)
             def timed_fast(arg: Any, *rest: Any) -> Any:
                 start = clock()
                 try:
-                    return method(arg, *rest) if rest else method(arg)
-                finally:
-                    samples.append(clock() - start)
-                    if len(samples) >= FOLD_AT:
-                        fold()
+                    ret = method(arg, *rest) if rest else method(arg)
+                except BaseException:
+                    record(clock() - start)
+                    raise
+                if type(ret) is GeneratorType:
+                    return _drained(ret, start, record)
+                record(clock() - start)
+                return ret
 
-            return timed_fast
-        observe = self.stage_seconds.observe if samples is not None else None
+            untraced = timed_fast
+        if self.tracer is None:
+            return untraced
+        live = self._live
 
         @functools.wraps(method)
         def timed(arg: Any, *rest: Any) -> Any:
-            span, token, start = self._enter(stage, arg)
+            # No recorded packet in flight (tracing off for them all, or unsampled): only timed.
+            if not live:
+                return untraced(arg, *rest)
+            span, ctx, traced = self._open(stage, arg)
+            if ctx is None:
+                return untraced(arg, *rest)
+            token = otel_context.attach(ctx)
+            start = clock()
             try:
-                return method(arg, *rest)
-            finally:
-                seconds = time.perf_counter() - start
-                if observe is not None:
-                    observe(seconds, key)
-                self._exit(stage, arg, span, token, seconds)
+                ret = method(arg, *rest)
+            except BaseException:
+                seconds = clock() - start
+                otel_context.detach(token)
+                if record is not None:
+                    record(seconds)
+                self._close(stage, span, traced, seconds)
+                raise
+            otel_context.detach(token)
+            if type(ret) is GeneratorType:
+                return _drained(ret, start, record, ctx, functools.partial(self._close, stage, span, traced))
+            seconds = clock() - start
+            if record is not None:
+                record(seconds)
+            self._close(stage, span, traced, seconds)
+            return ret
 
         return timed
 
     def _wrap_async(self, method: Callable[..., Any], stage: str) -> Callable[..., Any]:
-        key = self._stage_keys[stage]
-        observe = self.stage_seconds.observe if stage != "batch" else None
+        record = self._recorder(stage)
         tracing = self.tracer is not None
+        live = self._live
+        clock = time.perf_counter
 
         @functools.wraps(method)
         async def timed(arg: Any, *rest: Any) -> Any:
-            span: Any = None
-            token: Any = None
-            if tracing:
-                span, token, start = self._enter(stage, arg)
-            else:
-                start = time.perf_counter()
+            span, ctx, traced = self._open(stage, arg) if tracing and live else (None, None, None)
+            token = otel_context.attach(ctx) if ctx is not None else None
+            start = clock()
             try:
-                return await method(arg, *rest)
+                ret = await method(arg, *rest)
+            except BaseException:
+                seconds = clock() - start
+                if token is not None:
+                    otel_context.detach(token)
+                if record is not None:
+                    record(seconds)
+                if ctx is not None:
+                    self._close(stage, span, traced, seconds)
+                raise
+            if token is not None:
+                otel_context.detach(token)
+            if type(ret) is GeneratorType:
+                # The adapter drains it in a worker thread.
+                close = functools.partial(self._close, stage, span, traced) if ctx is not None else None
+                return _drained(ret, start, record, ctx, close)
+            seconds = clock() - start
+            if record is not None:
+                record(seconds)
+            if ctx is not None:
+                self._close(stage, span, traced, seconds)
+            return ret
+
+        return timed
+
+    def _wrap_async_gen(self, method: Callable[..., Any], stage: str) -> Callable[..., Any]:
+        record = self._recorder(stage)
+        tracing = self.tracer is not None
+        live = self._live
+        clock = time.perf_counter
+
+        @functools.wraps(method)
+        async def timed(arg: Any, *rest: Any) -> Any:
+            span, ctx, traced = self._open(stage, arg) if tracing and live else (None, None, None)
+            start = clock()
+            items = method(arg, *rest)
+            try:
+                while True:
+                    token = otel_context.attach(ctx) if ctx is not None else None
+                    try:
+                        item = await items.__anext__()
+                    except StopAsyncIteration:
+                        return
+                    finally:
+                        if token is not None:
+                            otel_context.detach(token)
+                    yield item
             finally:
-                seconds = time.perf_counter() - start
-                if observe is not None:
-                    observe(seconds, key)
-                if tracing:
-                    self._exit(stage, arg, span, token, seconds)
+                await items.aclose()
+                seconds = clock() - start
+                if record is not None:
+                    record(seconds)
+                if ctx is not None:
+                    self._close(stage, span, traced, seconds)
 
         return timed
 
 
-class _Traced:
-    """A packet's span, its context, and whether it is recorded (sampled)."""
+def _drained(
+    items: Generator[Any, None, Any],
+    start: float,
+    record: Callable[[float], None] | None,
+    ctx: Any = None,
+    close: Callable[[float], None] | None = None,
+) -> Generator[Any, None, None]:
+    """``items``, timed from ``start`` until drained (or closed, or failed).
 
-    __slots__ = ("ctx", "recording", "span")
-
-    def __init__(self, span: Any, ctx: Any) -> None:
-        self.span = span
-        self.ctx = ctx
-        self.recording = bool(span.is_recording())
+    With ``ctx``, the block's generator runs under that OpenTelemetry context each time
+    it is resumed, and ``close(seconds)`` ends its stage span at the end.
+    """
+    clock = time.perf_counter
+    try:
+        if ctx is None:
+            yield from items
+            return
+        while True:
+            token = otel_context.attach(ctx)
+            try:
+                item = next(items)
+            except StopIteration:
+                return
+            finally:
+                otel_context.detach(token)
+            yield item
+    finally:
+        items.close()
+        seconds = clock() - start
+        if record is not None:
+            record(seconds)
+        if close is not None:
+            close(seconds)
 
 
 __all__ = ["Observability"]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
 from aios_grpc_client import BlockClient, make_packet
+from opentelemetry import trace
 
 from aios_grpc import *
 
@@ -75,3 +77,40 @@ class StallBlock:
     def on_data(self, entry):
         StallBlock.release.wait(20)
         return True, OnDataResult(output={"ok": True})
+
+
+def current_span_id() -> str:
+    """The span id of the OpenTelemetry span that is current here (block code's spans would nest under it)."""
+    return trace.format_span_id(trace.get_current_span().get_span_context().span_id)
+
+
+class SlowStreamBlock:
+    """on_data is a generator: data["n"] outputs, data["pause"] seconds before each.
+
+    Each output names the span current while it was made. With data["bad_at"] = k, the
+    k-th item (from 0) has a wrong shape, so the scheduler stops reading there.
+    """
+
+    def __init__(self, context):
+        pass
+
+    def on_data(self, entry):
+        data = entry.packet.json()
+        for i in range(data["n"]):
+            time.sleep(data["pause"])
+            if i == data.get("bad_at"):
+                yield "not a result"
+            yield True, OnDataResult(output={"i": i, "span": current_span_id()})
+
+
+class AsyncSlowStreamBlock:
+    """on_data is an async generator: data["n"] outputs, data["pause"] seconds before each."""
+
+    def __init__(self, context):
+        pass
+
+    async def on_data(self, entry):
+        data = entry.packet.json()
+        for i in range(data["n"]):
+            await asyncio.sleep(data["pause"])
+            yield True, OnDataResult(output={"i": i, "span": current_span_id()})

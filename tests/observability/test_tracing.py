@@ -1,20 +1,15 @@
-"""Traces: one trace across two blocks chained by gRPC; context from headers or metadata; off costs nothing."""
+"""Traces: one trace across chained blocks; context from headers or metadata; sampling; off costs nothing."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from aios_grpc_client import BlockClient, make_packet
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
 from opentelemetry.trace import format_span_id, format_trace_id
 
-from aios_grpc.settings import load_settings
-from aios_grpc.telemetry import Observability
-from aios_grpc.testing import ServedBlock
 from tests.blocks.basic import EchoBlock
 from tests.observability.blocks import ForwardBlock
 from tests.scheduler.blocks import BatchBlock
@@ -22,30 +17,6 @@ from tests.scheduler.blocks import BatchBlock
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"
 TRACEPARENT = f"00-{TRACE_ID}-{CALLER_SPAN}-01"
-
-
-@pytest.fixture
-def exporter() -> InMemorySpanExporter:
-    return InMemorySpanExporter()
-
-
-@pytest.fixture
-def traced(exporter: InMemorySpanExporter) -> Iterator[Any]:
-    """``traced(BlockClass, **settings)``: a served block whose spans go to ``exporter``."""
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    served: list[ServedBlock] = []
-
-    def start(block_class: type[Any], **overrides: Any) -> ServedBlock:
-        settings = load_settings(**{"host": "127.0.0.1", "port": 0, "metrics_port": -1, "workers": 2, **overrides})
-        s = ServedBlock(block_class, settings, telemetry=Observability(settings, tracer_provider=provider))
-        served.append(s)
-        return s
-
-    yield start
-    for s in reversed(served):
-        s.close()
-    provider.shutdown()
 
 
 def by_name(spans: list[ReadableSpan], name: str, block: str | None = None) -> list[ReadableSpan]:
@@ -151,3 +122,49 @@ def test_an_unsampled_caller_gets_no_spans_but_its_decision_travels_on(
     assert exporter.get_finished_spans() == ()
     version, trace_id, _span, flags = result.output.headers["traceparent"].split("-")
     assert (version, trace_id, flags) == ("00", TRACE_ID, "00")
+
+
+def test_an_unsampled_packet_records_nothing_and_the_next_block_follows_its_decision(
+    traced: Any, exporter: InMemorySpanExporter
+) -> None:
+    # Upstream samples nothing of its own; downstream keeps the default (follow the parent,
+    # sample a root): only the not-sampled traceparent keeps downstream from tracing.
+    downstream = traced(EchoBlock, block_id="b")
+    upstream = traced(
+        ForwardBlock, sampler=ParentBased(ALWAYS_OFF), block_id="a", block_init_data={"next": downstream.address}
+    )
+    with BlockClient(upstream.address) as client:
+        [result] = [r for r in client.process([{"x": 6}], timeout=30) if r.terminal]
+    assert result.ok, result.error
+    assert result.data == {"downstream": {"echo": {"x": 6}}}
+    assert exporter.get_finished_spans() == ()
+    version, trace_id, span_id, flags = result.output.headers["traceparent"].split("-")
+    assert version == "00" and int(trace_id, 16) and int(span_id, 16)
+    assert not int(flags, 16) & 1  # not sampled (the SDK may set 0x02: a random trace id)
+    for served in (upstream, downstream):
+        assert served.server.telemetry._live == {}
+
+
+def test_sampled_and_unsampled_packets_side_by_side(traced: Any, exporter: InMemorySpanExporter) -> None:
+    served = traced(EchoBlock, sampler=ParentBased(TraceIdRatioBased(0.5)))
+    packets = [make_packet({"i": i}, session_id=f"s{i % 4}", seq_no=i) for i in range(60)]
+    with BlockClient(served.address) as client:
+        results = [r for r in client.process(packets, timeout=30) if r.terminal]
+    assert len(results) == 60 and all(r.ok for r in results)
+    sampled = {}
+    for r in results:
+        _, _, span_id, flags = r.output.headers["traceparent"].split("-")
+        if int(flags, 16) & 1:
+            sampled[span_id] = (r.session_id, r.seq_no)
+    assert 0 < len(sampled) < 60  # 2**-60 odds of failing by chance
+    spans = exporter.get_finished_spans()
+    packet_spans = {format_span_id(s.context.span_id): s for s in by_name(spans, "aios.packet")}
+    # Exactly the packets whose outgoing context says "sampled" were recorded, each whole.
+    assert packet_spans.keys() == sampled.keys()
+    for span_id, span in packet_spans.items():
+        attributes = span.attributes or {}
+        assert (attributes["aios.session_id"], attributes["aios.seq_no"]) == sampled[span_id]
+        children = {s.name for s in spans if parent_id(s) == span_id}
+        assert children == {"aios.queue", "aios.preprocess", "aios.data"}, children
+    assert {parent_id(s) for s in spans if s.name != "aios.packet"} <= packet_spans.keys()
+    assert served.server.telemetry._live == {}
