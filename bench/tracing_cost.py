@@ -2,7 +2,7 @@
 
 Usage: flock /tmp/aios-bench.lock .venv/bin/python bench/tracing_cost.py [--packets N]
 
-Three servers of the same trivial block (``bench/_harness.py:TrivialBlock``),
+One server per mode below, of the same trivial block (``bench/_harness.py:TrivialBlock``),
 each in its own subprocess, driven by the same client as ``stream_throughput.py``
 (pipelined Process streams, 1 and 8 streams), runs alternating so that outside load
 falls on all alike:
@@ -13,11 +13,14 @@ falls on all alike:
 - traced: the same plus traces: a span per packet and per stage, W3C context written
   into each packet's headers, spans through a ``BatchSpanProcessor`` into an exporter
   that counts and drops them (the export itself is the collector's cost, not ours);
-- lite: traced with ``AIOS_TRACING_STAGES=false`` (the packet span only).
+- lite: traced with ``AIOS_TRACING_STAGES=false`` (the packet span only);
+- 1%: traced with the sampler ``ParentBased(TraceIdRatioBased(0.01))``, the usual
+  production choice: one packet in a hundred is recorded, the others only pass their
+  "not sampled" context on.
 
-It prints packets/s and the server's CPU time per packet for each, the ratios
-metrics/none, traced/metrics and lite/metrics (the cost of turning tracing on), and
-checks that the traced server exported a span per packet.
+It prints packets/s and the server's CPU time per packet for each, the ratios to
+metrics (the cost of turning tracing on), and checks that the traced server exported
+a span per packet.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ class _CountingExporter:
 async def _serve(mode: str, report: str) -> None:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
     from aios_grpc.server import BlockServer, configure_logging
     from aios_grpc.settings import load_settings
@@ -79,7 +83,7 @@ async def _serve(mode: str, report: str) -> None:
     elif mode == "metrics":
         telemetry = Observability(settings)
     else:
-        provider = TracerProvider()
+        provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.01))) if mode == "1%" else TracerProvider()
         provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=65536))  # type: ignore[arg-type]
         telemetry = Observability(settings, tracer_provider=provider)
     server = BlockServer(TrivialBlock, settings, telemetry=telemetry)
@@ -103,7 +107,7 @@ def main() -> None:
     parser.add_argument("--packets", type=int, default=10_000, help="packets per run (spread over the streams)")
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--rounds", type=int, default=3, help="runs per server and stream count (median shown)")
-    parser.add_argument("--serve", choices=["none", "metrics", "traced", "lite"], help=argparse.SUPPRESS)
+    parser.add_argument("--serve", choices=["none", "metrics", "traced", "lite", "1%"], help=argparse.SUPPRESS)
     parser.add_argument("--report", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -111,7 +115,7 @@ def main() -> None:
         return
 
     env = bench_env()
-    modes = ("none", "metrics", "traced", "lite")
+    modes = ("none", "metrics", "traced", "lite", "1%")
     procs = {}
     report = Path(tempfile.mkdtemp(prefix="aios-bench-")) / "spans.txt"
     rates: dict[tuple[str, int], list[float]] = {}
@@ -138,20 +142,20 @@ def main() -> None:
                 proc.wait(10)
     sent = args.rounds * (sum((args.packets // s) * s for s in args.streams) + 500 * len(args.streams))
     print(f"packets per run: {args.packets}, rounds: {args.rounds} (median), cpus: {os.cpu_count()}")
-    print("throughput (packets/s) and server CPU per packet (µs), by telemetry:")
+    print("throughput (packets/s) and server CPU per packet (µs), by telemetry; ratios of throughput to metrics:")
     print(
-        f"{'streams':>7} {'none':>7} {'metrics':>7} {'traced':>7} {'lite':>7} {'metrics/none':>12} "
-        f"{'traced/metrics':>14} {'lite/metrics':>12} | cpu µs/pkt: "
-        f"{'none':>5} {'metrics':>7} {'traced':>6} {'lite':>5}"
-    )
+        f"{'streams':>7} " + " ".join(f"{m:>7}" for m in modes) + " | "
+        + " ".join(f"{m + '/metrics':>14}" for m in modes if m != "metrics") + " | cpu µs/pkt: "
+        + " ".join(f"{m:>7}" for m in modes)
+    )  # fmt: skip
     for streams in args.streams:
-        none, metrics, traced, lite = (statistics.median(rates[(m, streams)]) for m in modes)
-        c = [statistics.median(cpus[(m, streams)]) for m in modes]
+        rate = {m: statistics.median(rates[(m, streams)]) for m in modes}
+        cpu = {m: statistics.median(cpus[(m, streams)]) for m in modes}
         print(
-            f"{streams:>7} {none:>7.0f} {metrics:>7.0f} {traced:>7.0f} {lite:>7.0f} {metrics / none:>12.2f} "
-            f"{traced / metrics:>14.2f} {lite / metrics:>12.2f} |             {c[0]:>5.0f} {c[1]:>7.0f} "
-            f"{c[2]:>6.0f} {c[3]:>5.0f}"
-        )
+            f"{streams:>7} " + " ".join(f"{rate[m]:>7.0f}" for m in modes) + " | "
+            + " ".join(f"{rate[m] / rate['metrics']:>14.2f}" for m in modes if m != "metrics") + " |             "
+            + " ".join(f"{cpu[m]:>7.0f}" for m in modes)
+        )  # fmt: skip
     spans = report.read_text() if report.exists() else "no report"
     print(f"traced server: {spans} (packets sent to it: {sent})")
 
