@@ -66,7 +66,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--packets", type=int, default=20_000, help="packets per run (spread over the streams)")
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--rounds", type=int, default=3, help="runs per server and stream count (median shown)")
+    parser.add_argument("--rounds", type=int, default=7, help="runs per server and stream count (median shown)")
     parser.add_argument("--raw-server", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.raw_server:
