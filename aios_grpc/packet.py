@@ -89,18 +89,8 @@ class AIOSPacket:
     def check_json(self) -> None:
         """Raise ``ValueError`` when ``data`` (text) is not JSON; the next ``json()`` reuses the parse."""
         data = self.data
-        if type(data) is str and data:
-            # loads(), inlined: this runs once per packet.
-            try:
-                value, end = _scan_once(data, 0)
-                if end != len(data):
-                    value = json.loads(data)
-            except StopIteration:
-                value = json.loads(data)
-            self._parsed = value
-            self._parsed_from = data
-        elif isinstance(data, str | bytes) and data:
-            self._parsed = json.loads(data)
+        if isinstance(data, str | bytes) and data:
+            self._parsed = loads(data)
             self._parsed_from = data
 
     def SerializeToString(self) -> bytes:

@@ -266,12 +266,10 @@ class Scheduler:
         """Queue a job, waiting while the queue is full (backpressure)."""
         if not self._admit(job):
             return
-        if self.mux_stage is not None and job.members is None:
-            merged = self.mux_stage.add(job)
-            self.telemetry.muxer_groups(self.mux_stage.open_groups)
-            if merged is None:
-                return
-            job = merged
+        merged = self._through_muxer(job)
+        if merged is None:
+            return
+        job = merged
         queue = self._queue
         assert queue is not None
         if queue.full():
@@ -292,7 +290,7 @@ class Scheduler:
         if self.mux_stage is not None or not self.accepting:
             self.submit_nowait(job)  # cannot find the queue full now: nothing ran in between
             return True
-        # The common case, spelled out: this runs once per packet.
+        # The common case: _admit spelled out (this runs once per packet).
         self.in_flight += 1
         if self.in_flight == 1:
             self._idle.clear()  # type: ignore[union-attr]
@@ -304,12 +302,10 @@ class Scheduler:
         """Queue a job or answer it RESOURCE_EXHAUSTED when the queue is full."""
         if not self._admit(job):
             return
-        if self.mux_stage is not None and job.members is None:
-            merged = self.mux_stage.add(job)
-            self.telemetry.muxer_groups(self.mux_stage.open_groups)
-            if merged is None:
-                return
-            job = merged
+        merged = self._through_muxer(job)
+        if merged is None:
+            return
+        job = merged
         assert self._queue is not None
         try:
             self._queue.put_nowait(job)
@@ -325,10 +321,19 @@ class Scheduler:
                 ),
             )
 
+    def _through_muxer(self, job: Job) -> Job | None:
+        """The job to queue: ``job`` itself, or with a muxer its group's merged job once complete (else None)."""
+        if self.mux_stage is None or job.members is not None:
+            return job
+        merged = self.mux_stage.add(job)
+        self.telemetry.muxer_groups(self.mux_stage.open_groups)
+        return merged
+
     def _admit(self, job: Job) -> bool:
         self.in_flight += 1
         assert self._idle is not None
-        self._idle.clear()
+        if self.in_flight == 1:
+            self._idle.clear()  # set again by answer() once nothing is in flight
         self.telemetry.packet_received(job)
         if not self.accepting:
             self.answer(job, Result(Kind.ERROR, error=Unavailable("block is draining", stage="queue")))
