@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import logging
 import os
 import signal
@@ -73,6 +74,7 @@ class BlockServer:
         self.control: ControlPlane | None = None
         self.port = 0
         self._server: grpc.aio.Server | None = None
+        self._froze_gc = False  # gc.freeze() ran at start-up; undone at stop
         self._serving = False  # the gRPC server started: a stop from now on is a drain
         self._stopped = asyncio.Event()
         self._stopping: asyncio.Task[None] | None = None
@@ -158,7 +160,23 @@ class BlockServer:
 
             self.heartbeats = HeartbeatPublisher(self.settings, self)
             await self.heartbeats.start()
+        if self.settings.gc_freeze:
+            self._freeze_gc()
         log.info("block %s is ready", ref)
+
+    def _freeze_gc(self) -> None:
+        """Take what is alive now (imported modules, the block, its model) out of the collector's scans.
+
+        A full collection walks every tracked object; with torch imported that is some
+        200,000 objects and about 170 ms on the reference machine, paid again whenever
+        enough serving objects outlive two collections (docs/scheduler.md). Frozen objects
+        are skipped by every later pass. The garbage of start-up is collected first, so
+        that none of it is kept for good.
+        """
+        gc.collect()
+        gc.freeze()
+        self._froze_gc = True
+        log.debug("gc: %d objects frozen", gc.get_freeze_count())
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Drain and stop (idempotent); waits at most ``grace_s`` (default: settings)."""
@@ -210,6 +228,9 @@ class BlockServer:
         if self.heartbeats is not None:
             await self.heartbeats.stop()
         await self.telemetry.stop()
+        if self._froze_gc:
+            gc.unfreeze()  # a process that goes on (tests, a notebook) gets its usual collector back
+            self._froze_gc = False
         self._stopped.set()
         log.info("stopped")
 

@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     """A ``health()`` call slower than this counts as unhealthy."""
     log_level: str = Field("INFO", validation_alias=_env("LOG_LEVEL"))
     """Logging level of the ``aios_grpc`` logger."""
+    gc_freeze: bool = Field(True, validation_alias=_env("GC_FREEZE"))
+    """Once the block is ready, keep every object alive then (modules, the model) out of later
+    garbage-collector passes (``gc.freeze``); undone when the server stops."""
 
     # Scheduler: muxing, batching, loop watchdog
     mux_timeout_s: float = Field(30.0, gt=0, validation_alias=_env("MUX_TIMEOUT_S"))

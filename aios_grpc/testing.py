@@ -162,6 +162,8 @@ class ServedBlock:
 def serve_block(block_class: type[Any], **settings: Any) -> ServedBlock:
     """Serve ``block_class`` on 127.0.0.1 port 0 in this process (for tests).
 
+    ``settings`` override the environment's; ``gc_freeze`` is off unless given.
+
     >>> with serve_block(MyBlock, workers=2) as served:   # doctest: +SKIP
     ...     BlockClient(served.address).run({"value": 1})
     """
@@ -170,6 +172,9 @@ def serve_block(block_class: type[Any], **settings: Any) -> ServedBlock:
     settings.setdefault("host", "127.0.0.1")
     settings.setdefault("port", 0)
     settings.setdefault("metrics_port", 0)  # never the shared default 9464 in tests
+    # A test process starts many servers; a full collection at each start would slow the
+    # suite, and freezing would keep earlier tests' objects for good.
+    settings.setdefault("gc_freeze", False)
     return ServedBlock(block_class, load_settings(**settings))
 
 
