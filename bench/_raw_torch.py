@@ -15,6 +15,7 @@ the runtime's served rate divided by this one is what the runtime itself costs.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import sys
@@ -120,6 +121,10 @@ async def serve() -> None:
     context = TestContext()
     context.block_init_parameters = json.loads(os.environ.get("AIOS_BLOCK_INIT_PARAMETERS", "{}"))
     servicer = _RawBatching(TorchClassifier(context))
+    # What aios-grpc does once a block is ready (AIOS_GC_FREEZE), so that both sides
+    # pay the same for the garbage collector.
+    gc.collect()
+    gc.freeze()
     batching = asyncio.create_task(servicer.batches())
     server = grpc.aio.server()
     pb_grpc.add_BlockServiceServicer_to_server(servicer, server)
