@@ -76,7 +76,7 @@ def test_async_send_waits_while_the_server_is_behind(serve):
             await asyncio.sleep(1.0)
             try:
                 assert not sender.done() and len(sent) < N, "send() buffered everything while the server was stuck"
-                assert stream._queue.qsize() <= 8
+                assert stream._pending <= 8
             finally:
                 GATE.set()
             results = [r async for r in stream.results() if r.terminal]

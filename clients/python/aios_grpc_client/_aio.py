@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -11,9 +12,12 @@ from aios.block.v1 import block_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2_grpc
 
 from aios_grpc_client._types import (
+    _HEADS,
     DEFAULT_COALESCE,
     DEFAULT_MAX_PENDING,
     END,
+    PACKET_TAG,
+    PACKETS_TAG,
     Metadata,
     PacketLike,
     Result,
@@ -29,12 +33,23 @@ from aios_grpc_client._types import (
     parameters_of,
     parameters_request,
     pb,
+    request_head,
     results_of,
-    send_item,
     status_name,
 )
 
-_CLOSE = object()
+_Packet = pb.Packet
+
+
+class _BytesStub:
+    """``Process`` as a call whose requests are already serialized (bytes)."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.Process = channel.stream_stream(
+            "/aios.block.v1.BlockService/Process",
+            request_serializer=None,
+            response_deserializer=pb.ProcessResponse.FromString,
+        )
 
 
 class AsyncBlockClient:
@@ -54,6 +69,8 @@ class AsyncBlockClient:
         # The generated stub's typing describes a blocking channel; on an aio channel its
         # calls return awaitables and async iterators, so it is typed loosely here.
         self._stub: Any = pb_grpc.BlockServiceStub(self.channel)
+        # Open streams write requests they serialized themselves.
+        self._bytes_stub = _BytesStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
 
     async def __aenter__(self) -> AsyncBlockClient:
@@ -140,7 +157,7 @@ class AsyncBlockClient:
         ``max_pending`` packets are queued unsent (the server is behind): read
         ``results()`` in another task when sending more than that.
         """
-        return AsyncProcessStream(self._stub, self.metadata, timeout, coalesce, coalesce_window_s, max_pending)
+        return AsyncProcessStream(self._bytes_stub, self.metadata, timeout, coalesce, coalesce_window_s, max_pending)
 
     async def set_parameters(self, parameters: Mapping[str, Any], *, timeout: float | None = None) -> dict[str, Any]:
         """Apply parameters; returns ``{"applied": {...}, "parameters": {...}}``."""
@@ -175,53 +192,143 @@ class AsyncProcessStream:
         coalesce_window_s: float = 0.0,
         max_pending: int = DEFAULT_MAX_PENDING,
     ) -> None:
-        # Bounded, so that a sender faster than the server waits in send() (flow control).
-        self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=max(1, max_pending))
-        self._window = coalesce_window_s > 0
-        requests = async_window_requests(self._queue, coalesce, coalesce_window_s) if self._window else self._requests()
-        self._call = stub.Process(requests, timeout=timeout, metadata=metadata)
+        # ``stub.Process`` takes serialized requests (bytes): send() serializes each packet
+        # once, and a request is its packets' bytes joined (see request_head).
+        self._window_s = coalesce_window_s
+        # The open group holds a head and a body per packet; it becomes a request at this length.
+        self._limit = (coalesce if coalesce > 1 else DEFAULT_COALESCE) if coalesce_window_s > 0 else 1
+        self._group_len = 2 * self._limit
+        # Without a window each packet goes alone, in the request's ``packet`` field as ever.
+        self._tag = PACKETS_TAG if coalesce_window_s > 0 else PACKET_TAG
+        self._heads = _HEADS[self._tag]
+        self._group: list[bytes] = []
+        self._timer: asyncio.TimerHandle | None = None
+        # Requests to write as (bytes, packets, whether a later window may join it), END
+        # last; taken by _requests().
+        self._ready: deque[Any] = deque()
+        self._reader: asyncio.Future[None] | None = None
+        # Packets sent but not yet handed to gRPC: send() waits while max_pending are (flow control).
+        self._pending = 0
+        self._max_pending = max(1, max_pending)
+        self._room: list[asyncio.Future[None]] = []
         self._closed = False
+        self._call = stub.Process(self._requests(), timeout=timeout, metadata=metadata)
 
-    async def _requests(self) -> AsyncIterator[pb.ProcessRequest]:
+    async def _requests(self) -> AsyncIterator[bytes]:
+        ready = self._ready
         while True:
-            item = await self._queue.get()
-            if item is _CLOSE:
+            while not ready:
+                self._reader = reader = asyncio.get_running_loop().create_future()
+                await reader
+            item = ready.popleft()
+            if item is END:
                 return
-            yield item
+            request, count, _ = item
+            self._pending -= count
+            if self._room:
+                self._make_room()
+            yield request
 
-    async def _put(self, item: Any) -> bool:
-        """Queue ``item``, waiting while the queue is full; False when the stream ended."""
-        try:
-            # The usual case: room in the queue, so no timer and no task per packet.
-            self._queue.put_nowait(item)
-            return True
-        except asyncio.QueueFull:
-            pass
-        while True:
+    def _wake_reader(self) -> None:
+        reader = self._reader
+        if reader is not None:
+            self._reader = None
+            if not reader.done():
+                reader.set_result(None)
+
+    def _end_group(self) -> None:
+        """The open group becomes a request, ready to write."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        group = self._group
+        if not group:
+            return
+        self._group = []
+        count = len(group) >> 1
+        ready = self._ready
+        if ready and ready[-1] is not END and ready[-1][2] and ready[-1][1] + count <= self._limit:
+            # gRPC has not taken the window before yet (it is still writing an earlier
+            # request): one request of both, as a window that waited for the writer would be.
+            before, before_count, _ = ready.pop()
+            ready.append((before + b"".join(group), before_count + count, True))
+        else:
+            ready.append((b"".join(group), count, self._tag == PACKETS_TAG))
+            self._wake_reader()
+
+    def _window_over(self) -> None:
+        self._timer = None
+        self._end_group()
+
+    def _make_room(self) -> None:
+        if self._pending < self._max_pending:
+            for waiter in self._room:
+                if not waiter.done():
+                    waiter.set_result(None)
+            self._room.clear()
+
+    async def _wait_for_room(self) -> bool:
+        """Wait while ``max_pending`` packets are unsent; False when the stream ended meanwhile."""
+        while self._pending >= self._max_pending:
+            if self._call.done():
+                return False
+            waiter = asyncio.get_running_loop().create_future()
+            self._room.append(waiter)
             try:
+                # The call may end without a request taken: look again every 0.1 s.
                 async with asyncio.timeout(0.1):
-                    await self._queue.put(item)
-                return True
+                    await waiter
             except TimeoutError:
-                if self._call.done():
-                    return False
+                pass
+            finally:
+                if waiter in self._room:
+                    self._room.remove(waiter)
+        return True
 
     async def send(self, packet: pb.Packet | list[pb.Packet]) -> None:
         """Send one packet, or several in one request message; waits while the server is behind."""
         if self._closed:
             raise RuntimeError("stream is closed for sending")
-        if not await self._put(send_item(packet, self._window)):
+        if self._pending >= self._max_pending and not await self._wait_for_room():
             raise RuntimeError("stream has ended; read results() for why")
+        if type(packet) is not _Packet:
+            if isinstance(packet, list):
+                # Its own request, as given, after the packets sent before it.
+                request = pb.ProcessRequest(packets=packet).SerializeToString()
+                self._end_group()
+                self._ready.append((request, len(packet), False))
+                self._pending += len(packet)
+                self._wake_reader()
+                return
+            packet = pb.ProcessRequest(packet=packet).packet  # what a request would take, or its error
+        # Serialized now: a packet changed after send() is sent as it was.
+        body = packet.SerializeToString()
+        size = len(body)
+        group = self._group
+        group.append(self._heads.get(size) or request_head(self._tag, size))
+        group.append(body)
+        self._pending += 1
+        if len(group) >= self._group_len:
+            self._end_group()
+        elif len(group) == 2:
+            # The group's first packet opens the window.
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_at(loop.time() + self._window_s, self._window_over)
 
     async def close(self) -> None:
         """Half-close: results keep coming until every packet is answered."""
         if not self._closed:
             self._closed = True
-            await self._put(END if self._window else _CLOSE)
+            self._end_group()
+            self._ready.append(END)
+            self._wake_reader()
 
     def cancel(self) -> None:
         """Abandon the stream."""
         self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._call.cancel()
 
     async def results(self) -> AsyncIterator[Result]:

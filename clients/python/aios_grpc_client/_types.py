@@ -19,6 +19,7 @@ from google.protobuf import json_format, struct_pb2
 from grpc_health.v1 import health_pb2
 
 _KINDS = {1: "ok", 2: "error", 3: "partial"}
+_OK = pb.RESULT_KIND_OK
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
@@ -80,10 +81,8 @@ def make_packet(
         data=data if isinstance(data, str) else json_text({} if data is None else data),
     )
     # Fields left at their defaults are not set: each keyword costs time on every packet.
-    if not isinstance(output_ptr, str):
-        packet.output_ptr = json_text(output_ptr)
-    elif output_ptr:
-        packet.output_ptr = output_ptr
+    if output_ptr != "":
+        packet.output_ptr = output_ptr if isinstance(output_ptr, str) else json_text(output_ptr)
     if deadline:
         packet.deadline = deadline
     if ts:
@@ -168,6 +167,36 @@ def status_name(response: health_pb2.HealthCheckResponse) -> str:
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
 
 
+# A serialized ProcessRequest is, per packet, a tag byte (0x0A for ``packet``, 0x12 for
+# ``packets``), the packet's length as a varint and the packet's bytes. Written that way
+# a request costs one serialization per packet; building a ProcessRequest first copies
+# each packet in (an encode and a decode) before its own encode.
+PACKET_TAG = 0x0A
+PACKETS_TAG = 0x12
+_HEADS: dict[int, dict[int, bytes]] = {PACKET_TAG: {}, PACKETS_TAG: {}}
+
+
+def request_head(tag: int, size: int) -> bytes:
+    """What comes before a ``size``-byte serialized packet in a serialized ``ProcessRequest``.
+
+    ``tag`` is ``PACKET_TAG`` (the request's one ``packet``) or ``PACKETS_TAG`` (one of
+    its ``packets``).
+    """
+    cache = _HEADS[tag]
+    head = cache.get(size)
+    if head is None:
+        out = bytearray((tag,))
+        rest = size
+        while rest >= 0x80:
+            out.append(rest & 0x7F | 0x80)
+            rest >>= 7
+        out.append(rest)
+        head = bytes(out)
+        if len(cache) < 4096:  # packet sizes repeat; the cache stays small when they do not
+            cache[size] = head
+    return head
+
+
 def send_item(packet: pb.Packet | list[pb.Packet], windowed: bool) -> pb.Packet | pb.ProcessRequest:
     """What a stream's ``send`` queues: a request, or the bare packet for a coalescing window."""
     if isinstance(packet, list):
@@ -215,22 +244,24 @@ class Result:
     @classmethod
     def from_proto(cls, msg: pb.PacketResult) -> Result:
         """A ``Result`` from a ``PacketResult`` message."""
-        error = None
-        if msg.HasField("error"):
-            fault = msg.error
-            error = PacketError(
-                code=_CODES.get(fault.code, grpc.StatusCode.UNKNOWN),
-                message=fault.message,
-                retryable=fault.retryable,
-                stage=fault.stage,
-            )
+        kind = msg.kind
         return _new_result(
             msg.session_id,
             msg.seq_no,
-            _KINDS.get(msg.kind, "unspecified"),
+            _KINDS.get(kind, "unspecified"),
             msg.output if msg.HasField("output") else None,
-            error,
+            # The contract sets ``error`` only on error results: an ok one is not asked.
+            None if kind == _OK or not msg.HasField("error") else _error_of(msg.error),
         )
+
+
+def _error_of(fault: pb.PacketError) -> PacketError:
+    return PacketError(
+        code=_CODES.get(fault.code, grpc.StatusCode.UNKNOWN),
+        message=fault.message,
+        retryable=fault.retryable,
+        stage=fault.stage,
+    )
 
 
 # A frozen dataclass's __init__ goes through object.__setattr__ once per field; filling
@@ -255,9 +286,18 @@ def _new_result(session_id: str, seq_no: int, kind: str, output: pb.Packet | Non
 def results_of(response: pb.ProcessResponse) -> list[Result]:
     """Every result carried by one ``ProcessResponse``."""
     from_proto = Result.from_proto
-    out = [from_proto(r) for r in response.results]
-    if response.HasField("result"):
-        out.insert(0, from_proto(response.result))
+    out = [from_proto(response.result)] if response.HasField("result") else []
+    # Result.from_proto written out: this runs once per packet.
+    new = object.__new__
+    for msg in response.results:
+        result = new(Result)
+        _set_session_id(result, msg.session_id)
+        _set_seq_no(result, msg.seq_no)
+        kind = msg.kind
+        _set_kind(result, _KINDS.get(kind, "unspecified"))
+        _set_output(result, msg.output if msg.HasField("output") else None)
+        _set_error(result, None if kind == _OK or not msg.HasField("error") else _error_of(msg.error))
+        out.append(result)
     return out
 
 
@@ -504,6 +544,8 @@ __all__ = [
     "DEFAULT_COALESCE",
     "DEFAULT_MAX_PENDING",
     "END",
+    "PACKETS_TAG",
+    "PACKET_TAG",
     "Coalescer",
     "EndOfPackets",
     "Metadata",
@@ -526,6 +568,7 @@ __all__ = [
     "parameters_of",
     "parameters_request",
     "pb",
+    "request_head",
     "requests_of",
     "results_of",
     "send_item",
