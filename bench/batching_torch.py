@@ -60,25 +60,30 @@ async def serve_load(
 
         async def one(k: int, n: int) -> None:
             stream = client.stream(timeout=600, coalesce_window_s=window_s)
-            sent_at: dict[int, float] = {}
-            sent = 0
-
-            async def send(count: int) -> None:
-                nonlocal sent
-                for _ in range(min(count, n - sent)):
-                    sent_at[sent] = time.perf_counter()
-                    data, files = pool[(k + sent) % len(pool)]
-                    await stream.send(make_packet(data, files=files, session_id=f"s{k}", seq_no=sent))
-                    sent += 1
-                if sent == n:
-                    await stream.close()
-
-            await send(PER_STREAM)
+            send = stream.send
+            session = f"s{k}"
+            clock = time.perf_counter
+            sent_at = [0.0] * n
+            sent = min(PER_STREAM, n)
+            for seq in range(sent):
+                data, files = pool[(k + seq) % len(pool)]
+                sent_at[seq] = clock()
+                await send(make_packet(data, files=files, session_id=session, seq_no=seq))
+            if sent == n:
+                await stream.close()
+            # Each answer lets the next packet go.
             async for r in stream.results():
                 if not r.ok:
                     raise SystemExit(f"packet failed: {r.error}")
-                latencies.append(time.perf_counter() - sent_at.pop(r.seq_no))
-                await send(1)
+                now = clock()
+                latencies.append(now - sent_at[r.seq_no])
+                if sent < n:
+                    data, files = pool[(k + sent) % len(pool)]
+                    sent_at[sent] = now
+                    await send(make_packet(data, files=files, session_id=session, seq_no=sent))
+                    sent += 1
+                    if sent == n:
+                        await stream.close()
 
         await asyncio.gather(*(one(k, 16) for k in range(STREAMS)))  # warm-up
         latencies.clear()
