@@ -10,7 +10,9 @@ called where the caller stands (the scheduler runs them in its worker threads);
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Awaitable, Callable, Generator
+from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from types import GeneratorType
 from typing import Any
 
@@ -35,6 +37,30 @@ BLOCK_METHODS = (
     "get_muxer",
     "get_batcher",
 )
+
+
+def _json_encoder() -> Callable[[Any, int], list[str]] | None:
+    """The C encoder ``json.dumps`` builds on every call with its default options, built once."""
+    if c_make_encoder is None:  # pragma: no cover - CPython has _json
+        return None
+    defaults = json.JSONEncoder()
+    # No markers dict for cycles: one dict would be shared by every thread. A cycle
+    # ends in RecursionError instead, and output_text then lets json.dumps report it.
+    encoder: Callable[[Any, int], list[str]] = c_make_encoder(
+        None,
+        defaults.default,
+        encode_basestring_ascii,
+        None,
+        defaults.key_separator,
+        defaults.item_separator,
+        defaults.sort_keys,
+        defaults.skipkeys,
+        defaults.allow_nan,
+    )
+    return encoder
+
+
+_ENCODE = _json_encoder()
 
 
 def _short(value: Any) -> str:
@@ -146,6 +172,23 @@ class BlockAdapter:
             stage=stage,
         )
 
+    @staticmethod
+    def output_text(value: Any) -> str:
+        """``json.dumps(value)``, the text of an output packet; ``BlockCodeError`` when it is not JSON.
+
+        The encoder is built once instead of per call (about 1.5 us per output); any
+        error is left to ``json.dumps``, so the message is the one it gives.
+        """
+        if _ENCODE is not None:
+            try:
+                return "".join(_ENCODE(value, 0))
+            except Exception:  # json.dumps below raises the error to report
+                pass
+        try:
+            return json.dumps(value)
+        except (TypeError, ValueError) as exc:
+            raise BlockCodeError(f"output is not JSON-serializable: {exc}", stage="data") from None
+
     def _pair(self, method: str, ret: Any, expected: str) -> tuple[bool, Any]:
         if isinstance(ret, tuple) and len(ret) == 2 and isinstance(ret[0], bool):
             return ret[0], ret[1]
@@ -200,6 +243,11 @@ class BlockAdapter:
             raise
         except Exception as exc:
             raise BlockCodeError(f"on_preprocess raised {type(exc).__name__}: {exc}", stage="preprocess") from exc
+        # The common answer, (True, [one PreProcessResult]), checked inline: this runs per packet.
+        if type(ret) is tuple and len(ret) == 2 and ret[0] is True:
+            value = ret[1]
+            if type(value) is list and len(value) == 1 and type(value[0]) is PreProcessResult:
+                return [value[0]]
         return self.check_preprocess(ret)
 
     def _stream(self, gen: Generator[Any, Any, Any], emit: Callable[[OnDataResult], Any] | None) -> None:

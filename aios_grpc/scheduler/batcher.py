@@ -17,6 +17,11 @@ thread hand-off; when ``on_preprocess`` yields more entries than ``n``, they go 
 (an exception or a result of the wrong length) answers only the packets in that
 call; ``(False, "error")`` for one entry fails only its packet.
 
+Batches run on the stage's own threads, one per run slot, not on the scheduler's
+shared pool: a batch takes the lowest free slot, so while one batch runs at a time
+every batch runs on the same thread and finds its caches, and the block's per-thread
+state (torch's, say), warm; in the shared pool consecutive batches alternate threads.
+
 ``n``, ``t`` and ``max_concurrent_batches`` can change while serving
 (``configure``); the next batch uses the new values.
 """
@@ -29,6 +34,7 @@ import logging
 import math
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from aios_grpc.errors import BlockCodeError, ConfigurationError, PacketError, Unavailable
@@ -61,6 +67,9 @@ class BatchStage:
         self._held: list[Job] | None = None
         self._tasks: dict[asyncio.Task[None], list[Job]] = {}
         self._started: set[asyncio.Task[Any]] = set()
+        # One single-thread pool per run slot (created on first use), and the slots in use.
+        self._pools: dict[int, ThreadPoolExecutor] = {}
+        self._busy: set[int] = set()
 
     # -- settings --------------------------------------------------------------------
 
@@ -81,6 +90,8 @@ class BatchStage:
                 raise ConfigurationError(f"max_concurrent_batches must be an integer >= 1, got {c!r}")
             new_c = int(c)
         self.n, self.t, self.max_concurrent = new_n, new_t, new_c
+        for slot in [s for s in self._pools if s >= new_c and s not in self._busy]:
+            self._drop_slot(slot)  # a busy one goes when its batch ends (_give_slot)
         if new_t > 0 and self.kind == "batcher":
             self.kind = "time"
         self._slot_free.set()  # a larger limit may let a waiting batch go now
@@ -152,11 +163,38 @@ class BatchStage:
         self._slot_free.set()
 
     async def cancel(self) -> None:
-        """Cancel running batches; their packets are answered UNAVAILABLE."""
+        """Cancel running batches (their packets are answered UNAVAILABLE) and end the stage's threads."""
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        # A batch still in its thread runs to its end (a thread cannot be interrupted);
+        # nothing waits for it, and the thread then exits.
+        for slot in list(self._pools):
+            self._drop_slot(slot)
+
+    # -- run slots ---------------------------------------------------------------------
+
+    def _take_slot(self) -> tuple[int, ThreadPoolExecutor]:
+        """The lowest free run slot and its thread, now marked busy (``_give_slot`` frees it)."""
+        slot = 0
+        while slot in self._busy:
+            slot += 1
+        self._busy.add(slot)
+        pool = self._pools.get(slot)
+        if pool is None:
+            # Named like the shared pool's threads: Block.run does not wait for them at exit.
+            pool = self._pools[slot] = ThreadPoolExecutor(1, thread_name_prefix=f"aios-block-batch-{slot}")
+        return slot, pool
+
+    def _give_slot(self, slot: int) -> None:
+        self._busy.discard(slot)
+        if slot >= self.max_concurrent and slot in self._pools:  # the limit was lowered while it ran
+            self._drop_slot(slot)
+
+    def _drop_slot(self, slot: int) -> None:
+        self._busy.discard(slot)
+        self._pools.pop(slot).shutdown(wait=False, cancel_futures=True)
 
     # -- running -----------------------------------------------------------------------
 
@@ -166,15 +204,15 @@ class BatchStage:
             self._started.add(task)
         sched = self.scheduler
         start = time.monotonic()
+        slot, pool = self._take_slot()
         try:
-            for job in jobs:
-                sched.telemetry.stage_done(job, "queue", start - job.received)
+            sched.telemetry.stages_done(jobs, "queue", [start - job.received for job in jobs])
             block = sched.block
             if not (block.is_async.get("on_preprocess") or block.is_async.get("on_batch")):
                 assert sched._loop is not None
-                outcomes = await sched._loop.run_in_executor(sched.executor, self._batch_sync, jobs)
+                outcomes = await sched._loop.run_in_executor(pool, self._batch_sync, jobs)
             else:
-                outcomes = await self._batch_async(jobs)
+                outcomes = await self._batch_async(jobs, pool)
         except asyncio.CancelledError:
             answer_all(sched, jobs, Unavailable("server is shutting down", stage="batch"))
             raise
@@ -182,32 +220,63 @@ class BatchStage:
             log.exception("batch of %d packets failed in the scheduler", len(jobs))
             outcomes = [BlockCodeError(f"internal error: {exc}", stage="batch")] * len(jobs)
         finally:
+            self._give_slot(slot)
             self.running -= 1
             self._slot_free.set()
         took = time.monotonic() - start
+        sched.telemetry.stages_done(jobs, "batch", [took] * len(jobs))
+        answer = sched.answer
+        wants = sched.router.wants if sched._routed else None
         for job, outcome in zip(jobs, outcomes, strict=True):
-            sched.telemetry.stage_done(job, "batch", took)
-            sched._finish(job, outcome)
+            # The common outcome, one output back to the caller, without _finish's checks.
+            if type(outcome) is list and len(outcome) == 1 and (wants is None or not wants(job)):
+                answer(job, Result(Kind.OK, output=outcome[0]))
+            else:
+                sched._finish(job, outcome)
 
     def _batch_sync(self, jobs: list[Job]) -> list[Outcome]:
-        block = self.scheduler.block
+        sched = self.scheduler
+        check = sched._check
+        preprocess = sched.block.preprocess_sync
         entries: list[list[PreProcessResult] | BaseException] = []
+        flat: list[PreProcessResult] = []
+        single = True  # every packet passed and gave exactly one entry
         for job in jobs:
             try:
-                self.scheduler._check(job)
-                entries.append(block.preprocess_sync(job.packet))
+                check(job)
+                got = preprocess(job.packet)
             except Exception as exc:
                 entries.append(exc)
-        on_batch = block.methods["on_batch"]
+                single = False
+                continue
+            entries.append(got)
+            if len(got) == 1:
+                flat.append(got[0])
+            else:
+                single = False
+        on_batch = sched.block.methods["on_batch"]
+        if not (single and len(flat) <= self.n):
+            return self._apply(jobs, entries, on_batch)
+        # The usual batch, one entry per packet in one on_batch call, without _apply's mapping.
+        results = self._call(on_batch, flat, jobs)
+        output_packet = sched.output_packet
+        out: list[Outcome] = []
+        for job, res in zip(jobs, results, strict=True):
+            if res is None:
+                out.append([])
+            elif isinstance(res, BaseException):
+                out.append(res)
+            else:
+                try:
+                    out.append([output_packet(job, res)])
+                except Exception as exc:
+                    out.append(exc)
+        return out
 
-        def call(chunk: list[PreProcessResult]) -> Any:
-            return on_batch(chunk)
-
-        return self._apply(jobs, entries, call)
-
-    async def _batch_async(self, jobs: list[Job]) -> list[Outcome]:
+    async def _batch_async(self, jobs: list[Job], pool: ThreadPoolExecutor) -> list[Outcome]:
         sched = self.scheduler
         block = sched.block
+        loop = asyncio.get_running_loop()
         entries: list[list[PreProcessResult] | BaseException] = []
         for job in jobs:
             try:
@@ -216,7 +285,7 @@ class BatchStage:
                     ret = await block.methods["on_preprocess"](job.packet)
                     entries.append(block.check_preprocess(ret))
                 else:
-                    entries.append(await sched.to_thread(block.preprocess_sync, job.packet))
+                    entries.append(await loop.run_in_executor(pool, block.preprocess_sync, job.packet))
             except PacketError as exc:
                 entries.append(exc)
             except Exception as exc:
@@ -228,7 +297,7 @@ class BatchStage:
                 if block.is_async.get("on_batch"):
                     rets.append(await on_batch(chunk))
                 else:
-                    rets.append(await sched.to_thread(on_batch, chunk))
+                    rets.append(await loop.run_in_executor(pool, on_batch, chunk))
             except Exception as exc:
                 rets.append(_Raised(exc))
         replay = iter(rets)
@@ -264,16 +333,7 @@ class BatchStage:
         for chunk in self._chunks(entries):
             owners = owner[pos : pos + len(chunk)]
             pos += len(chunk)
-            self.sizes[len(chunk)] += 1
-            self.scheduler.telemetry.batch_formed(len(chunk), [jobs[i] for i in dict.fromkeys(owners)])
-            try:
-                ret = call(chunk)
-                results = self._check_results(ret, len(chunk))
-            except PacketError as exc:
-                results = [exc] * len(chunk)
-            except Exception as exc:
-                err = BlockCodeError(f"on_batch raised {type(exc).__name__}: {exc}", stage="batch")
-                results = [err] * len(chunk)
+            results = self._call(call, chunk, [jobs[i] for i in dict.fromkeys(owners)])
             for idx, res in zip(owners, results, strict=True):
                 current = per_job[idx]
                 if isinstance(current, BaseException):
@@ -293,6 +353,20 @@ class BatchStage:
                 out.append(exc)
         return out
 
+    def _call(
+        self, call: Any, chunk: list[PreProcessResult], jobs: list[Job]
+    ) -> list[OnDataResult | BaseException | None]:
+        """``call(chunk)`` (one ``on_batch`` call on entries from ``jobs``) checked: a result or error per entry."""
+        self.sizes[len(chunk)] += 1
+        self.scheduler.telemetry.batch_formed(len(chunk), jobs)
+        try:
+            return self._check_results(call(chunk), len(chunk))
+        except PacketError as exc:
+            return [exc] * len(chunk)
+        except Exception as exc:
+            err = BlockCodeError(f"on_batch raised {type(exc).__name__}: {exc}", stage="batch")
+            return [err] * len(chunk)
+
     def _check_results(self, ret: Any, expected: int) -> list[OnDataResult | BaseException | None]:
         if inspect.isgenerator(ret) or not isinstance(ret, list | tuple):
             raise BlockCodeError(
@@ -305,9 +379,14 @@ class BatchStage:
                 stage="batch",
             )
         out: list[OnDataResult | BaseException | None] = []
+        check_data = self.scheduler.block.check_data
         for item in ret:
+            # The common answer, (True, OnDataResult), checked inline: this runs per entry.
+            if type(item) is tuple and len(item) == 2 and item[0] is True and type(item[1]) is OnDataResult:
+                out.append(item[1])
+                continue
             try:
-                out.append(self.scheduler.block.check_data(item, stage="batch"))
+                out.append(check_data(item, stage="batch"))
             except PacketError as exc:
                 out.append(exc)
         return out

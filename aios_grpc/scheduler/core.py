@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import threading
 import time
@@ -644,23 +643,21 @@ class Scheduler:
             raise DeadlineExceeded("packet deadline passed before the block ran it", stage="deadline")
         packet = job.packet
         data = packet.data
-        if packet.files or type(data) is not str:
-            self.block.validate_packet(packet, self.settings.validate_json, self.settings.max_files_per_packet)
-        elif data and self.settings.validate_json:
-            # The usual packet (JSON text, no files), without validate_packet's frame.
+        settings = self.settings
+        if type(data) is not str or len(packet.files) > settings.max_files_per_packet:
+            self.block.validate_packet(packet, settings.validate_json, settings.max_files_per_packet)
+        elif data and settings.validate_json:
+            # The usual packet (JSON text, files within the limit), without validate_packet's frame.
             try:
                 packet.check_json()
             except ValueError:
-                self.block.validate_packet(packet, True, self.settings.max_files_per_packet)  # raises InvalidPacket
+                self.block.validate_packet(packet, True, settings.max_files_per_packet)  # raises InvalidPacket
 
     def output_packet(self, job: Job, result: OnDataResult) -> AIOSPacket:
         """The output packet for one ``OnDataResult`` of ``job``."""
         data = result.output
         if not isinstance(data, str):
-            try:
-                data = json.dumps(data)
-            except (TypeError, ValueError) as exc:
-                raise BlockCodeError(f"output is not JSON-serializable: {exc}", stage="data") from None
+            data = self.block.output_text(data)
         packet = job.packet
         # Positional: AIOSPacket(session_id, seq_no, data, ts, output_ptr, files, headers).
         return AIOSPacket(
