@@ -162,3 +162,29 @@ def test_async_client_window_over_a_plain_iterable(serve):
     results = asyncio.run(main())
     assert [r.seq_no for r in results] == list(range(1, 601))
     assert [r.data["echo"]["i"] for r in results] == list(range(600))
+
+
+def test_results_of_builds_what_from_proto_builds():
+    fault = pb.PacketError(code=grpc.StatusCode.UNAVAILABLE.value[0], message="later", retryable=True, stage="x")
+    messages = [
+        pb.PacketResult(session_id="s", seq_no=n, kind=kind, **extra)
+        for n, (kind, extra) in enumerate(
+            [
+                (pb.RESULT_KIND_OK, {"output": make_packet({"v": 1})}),
+                (pb.RESULT_KIND_OK, {}),
+                (pb.RESULT_KIND_ERROR, {"error": fault}),
+                (pb.RESULT_KIND_ERROR, {}),
+                (pb.RESULT_KIND_PARTIAL, {"output": make_packet("tok")}),
+                (pb.RESULT_KIND_UNSPECIFIED, {"error": fault}),
+                (7, {}),
+            ]
+        )
+    ]
+    results = results_of(pb.ProcessResponse(results=messages))
+    assert results == [Result.from_proto(m) for m in messages]
+    assert [r.kind for r in results] == ["ok", "ok", "error", "error", "partial", "unspecified", "unspecified"]
+    assert results[2].error == PacketError(grpc.StatusCode.UNAVAILABLE, "later", True, "x")
+    assert results[5].error is not None and results[3].error is None
+    # The contract sets error only on error results: an ok result's error is not read.
+    odd = pb.PacketResult(kind=pb.RESULT_KIND_OK, error=fault)
+    assert results_of(pb.ProcessResponse(results=[odd]))[0].error is None

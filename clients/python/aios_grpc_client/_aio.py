@@ -308,9 +308,10 @@ class AsyncProcessStream:
         group.append(self._heads.get(size) or request_head(self._tag, size))
         group.append(body)
         self._pending += 1
-        if len(group) >= self._group_len:
+        held = len(group)
+        if held >= self._group_len:
             self._end_group()
-        elif len(group) == 2:
+        elif held == 2:
             # The group's first packet opens the window.
             loop = asyncio.get_running_loop()
             self._timer = loop.call_at(loop.time() + self._window_s, self._window_over)
