@@ -205,6 +205,7 @@ class BatchStage:
         sched = self.scheduler
         start = time.monotonic()
         slot, pool = self._take_slot()
+        outcomes: list[Outcome] | _Encode
         try:
             sched.telemetry.stages_done(jobs, "queue", [start - job.received for job in jobs])
             block = sched.block
@@ -224,7 +225,18 @@ class BatchStage:
             self.running -= 1
             self._slot_free.set()
         took = time.monotonic() - start
+        if isinstance(outcomes, _Encode):
+            try:
+                assert sched._loop is not None
+                outcomes = await sched._loop.run_in_executor(sched.executor, self._encode, jobs, outcomes.results)
+            except asyncio.CancelledError:
+                answer_all(sched, jobs, Unavailable("server is shutting down", stage="batch"))
+                raise
+            except Exception as exc:  # a bug in the SDK; still answer every packet
+                log.exception("output of a batch of %d packets failed in the scheduler", len(jobs))
+                outcomes = [BlockCodeError(f"internal error: {exc}", stage="batch")] * len(jobs)
         sched.telemetry.stages_done(jobs, "batch", [took] * len(jobs))
+        assert not isinstance(outcomes, _Encode)
         answer = sched.answer
         wants = sched.router.wants if sched._routed else None
         for job, outcome in zip(jobs, outcomes, strict=True):
@@ -234,7 +246,7 @@ class BatchStage:
             else:
                 sched._finish(job, outcome)
 
-    def _batch_sync(self, jobs: list[Job]) -> list[Outcome]:
+    def _batch_sync(self, jobs: list[Job]) -> list[Outcome] | _Encode:
         sched = self.scheduler
         check = sched._check
         preprocess = sched.block.preprocess_sync
@@ -259,7 +271,16 @@ class BatchStage:
             return self._apply(jobs, entries, on_batch)
         # The usual batch, one entry per packet in one on_batch call, without _apply's mapping.
         results = self._call(on_batch, flat, jobs)
-        output_packet = sched.output_packet
+        if len(jobs) > 1 and (self._held is not None or sched.queue_depth):
+            # More packets wait for this run slot: give it up now and make the output
+            # packets (JSON encoding) in another thread, so that the next batch's
+            # on_batch (a forward pass that lets go of the GIL, say) runs meanwhile.
+            return _Encode(results)
+        return self._encode(jobs, results)
+
+    def _encode(self, jobs: list[Job], results: list[OnDataResult | BaseException | None]) -> list[Outcome]:
+        """The outcome per packet of a one-entry-per-packet batch: its output packet, or its error."""
+        output_packet = self.scheduler.output_packet
         out: list[Outcome] = []
         for job, res in zip(jobs, results, strict=True):
             if res is None:
@@ -390,6 +411,15 @@ class BatchStage:
             except PacketError as exc:
                 out.append(exc)
         return out
+
+
+class _Encode:
+    """What a batch's thread hands back when another thread makes its output packets."""
+
+    __slots__ = ("results",)
+
+    def __init__(self, results: list[OnDataResult | BaseException | None]) -> None:
+        self.results = results
 
 
 class _Raised:

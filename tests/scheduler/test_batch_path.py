@@ -235,3 +235,79 @@ def test_check_of_packets_with_files() -> None:
         sched._check(Job(too_many, lambda r: None))
     raw = AIOSPacket(session_id="s", seq_no=4, data=b"{nope", files=[file])  # bytes are not checked
     sched._check(Job(raw, lambda r: None))
+
+
+class CallsBlock:
+    """Counts its on_batch calls (batches of at most 4)."""
+
+    def __init__(self, context: object) -> None:
+        self.calls = 0
+        self.second_call = threading.Event()
+
+    def get_batcher(self) -> TimeBasedBatcher:
+        return TimeBasedBatcher(N=4, T=0.0)
+
+    def on_preprocess(self, packet: AIOSPacket) -> tuple[bool, list[PreProcessResult]]:
+        return True, [PreProcessResult(packet=packet)]
+
+    def on_batch(self, entries: list[PreProcessResult]) -> list[tuple[bool, OnDataResult]]:
+        self.calls += 1
+        if self.calls == 2:
+            self.second_call.set()
+        return [(True, OnDataResult(output={"n": self.calls})) for _ in entries]
+
+
+def test_the_next_batch_runs_while_the_outputs_of_the_last_one_are_made() -> None:
+    """With packets waiting, a batch gives up its run slot once on_batch returned: its output
+    packets (JSON) are made in another thread while the next batch's on_batch runs."""
+    block = CallsBlock(TestContext())
+    overlapped: list[bool] = []
+
+    async def main() -> list[Result]:
+        sched = await _started(block)
+        make = sched.output_packet
+
+        def slow_output(job: Job, result: OnDataResult) -> AIOSPacket:
+            if result.output == {"n": 1}:
+                # Outputs of the first batch wait for the second batch's on_batch; before,
+                # the second batch could not run until these were made (one run slot).
+                overlapped.append(block.second_call.wait(10))
+            return make(job, result)
+
+        sched.output_packet = slow_output  # type: ignore[method-assign]
+        try:
+            loop = asyncio.get_running_loop()
+            answers: list[asyncio.Future[Result]] = []
+            for k in range(8):  # queued at once: the first batch takes 4, 4 wait
+                answers.append(loop.create_future())
+                sched.submit_nowait(Job(_packet(k), answers[-1].set_result))
+            return list(await asyncio.gather(*answers))
+        finally:
+            await sched.stop()
+
+    results = asyncio.run(main())
+    assert overlapped == [True] * 4
+    assert [json.loads(r.output.data)["n"] for r in results if r.output is not None] == [1] * 4 + [2] * 4
+
+
+def test_a_lone_batch_makes_its_outputs_in_its_own_thread() -> None:
+    """Nothing else waiting: no second hand-off for the outputs (it would only add latency)."""
+    block = ThreadsBlock(TestContext())
+    threads: list[str] = []
+
+    async def main() -> Result:
+        sched = await _started(block)
+        make = sched.output_packet
+
+        def output(job: Job, result: OnDataResult) -> AIOSPacket:
+            threads.append(threading.current_thread().name)
+            return make(job, result)
+
+        sched.output_packet = output  # type: ignore[method-assign]
+        try:
+            return await _answer(sched, _packet(0))
+        finally:
+            await sched.stop()
+
+    assert asyncio.run(main()).output is not None
+    assert len(threads) == 1 and threads[0].startswith("aios-block-batch-0")
