@@ -17,6 +17,11 @@ thread hand-off; when ``on_preprocess`` yields more entries than ``n``, they go 
 (an exception or a result of the wrong length) answers only the packets in that
 call; ``(False, "error")`` for one entry fails only its packet.
 
+When more packets wait for a run slot, a batch of several packets gives up its slot
+as soon as ``on_batch`` returned and its output packets (the JSON encoding of each
+result) are made in the scheduler's shared pool, while the next batch runs: a forward
+pass lets go of the GIL, so the two overlap. A lone batch does it all in its thread.
+
 Batches run on the stage's own threads, one per run slot, not on the scheduler's
 shared pool: a batch takes the lowest free slot, so while one batch runs at a time
 every batch runs on the same thread and finds its caches, and the block's per-thread
