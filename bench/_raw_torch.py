@@ -1,4 +1,4 @@
-"""The ceiling for ``batching_torch.py``: the example's block methods behind a bare ``grpc.aio`` servicer.
+"""For ``batching_torch.py``: the example's block methods behind a bare ``grpc.aio`` servicer.
 
 Usage (the benchmark starts it): .venv/bin/python bench/_raw_torch.py
 
@@ -7,9 +7,9 @@ or drain. Each Process stream appends the packets it reads to one shared list; o
 task takes up to 32 of them whenever the previous batch is done (the same rule as the
 runtime's: a batch goes as soon as a run slot is free), calls the example's
 ``on_preprocess`` per packet and ``on_batch`` once, in one thread, and hands each
-stream its results in one response. What this server reaches on a machine is the
-most any Python gRPC server with this client and this model can expect there, so
-the runtime's served rate divided by this one is what the runtime itself costs.
+stream its results in one response. What this server reaches on a machine is what a
+plain Python gRPC server gets there with this client and this model, so the
+runtime's served rate divided by this one is what the runtime's own work costs.
 """
 
 from __future__ import annotations

@@ -21,6 +21,13 @@ threads) and of the client process per mode (both share this machine's cores),
 and, to show what gRPC and the client cost on this machine, the rate of the
 scheduler alone (jobs submitted in-process), both with 64 jobs out at a time like
 the served runs and with every job queued at once.
+
+With coalescing on, each round also drives ``_raw_torch.py``: the example's
+``on_preprocess`` and ``on_batch`` behind a bare ``grpc.aio`` servicer with no
+aios-grpc runtime (no validation, ordering, bounds, deadlines, telemetry), same client
+and load. It shows what a plain Python gRPC server reaches on this machine with this
+client and model: served/bare is what the runtime's work costs, bare/offline what
+gRPC, the client and sharing the cores cost.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import cpu_seconds, percentile, start_block, stop
+from _harness import bench_env, cpu_seconds, percentile, start_block, start_process, stop
 
 STREAMS = 8
 PER_STREAM = 8
@@ -231,6 +238,14 @@ def main() -> None:
         inputs = vectors
     params = {"batch_n": 32, "batch_t": 0.005, "threads": args.threads}
     results = {}
+    # For comparison: the same block methods behind a bare grpc.aio servicer (_raw_torch.py),
+    # driven alike, in the same rounds as the served runs with coalescing on.
+    raw_env = {**bench_env(), "OMP_NUM_THREADS": "1", "AIOS_BLOCK_INIT_PARAMETERS": json.dumps(params)}
+    raw_proc, raw_address = start_process(
+        [sys.executable, str(Path(__file__).resolve().parent / "_raw_torch.py")], raw_env, wait_ready=True
+    )
+    raw_rates: list[float] = []
+    raw_us: list[tuple[float, float]] = []
     for mode, window in (("coalescing on", args.window), ("coalescing off", 0.0)):
         proc, address = start_block(
             "examples/torch_classifier.py:TorchClassifier",
@@ -255,6 +270,12 @@ def main() -> None:
                 server_us.append(s_us)
                 client_us.append(c_us)
                 lat += round_lat
+                if window:
+                    rate, _, cpu = asyncio.run(
+                        serve_load(raw_address, args.packets // args.rounds, window, pool, raw_proc.pid)
+                    )
+                    raw_rates.append(rate)
+                    raw_us.append(cpu)
                 batch = typical_batch(asyncio.run(histogram(address)))
                 run_rate, forward_rate = offline(batch, inputs, 1.0, args.threads)
                 run_rates.append(run_rate)
@@ -262,6 +283,8 @@ def main() -> None:
             hist = asyncio.run(histogram(address))
         finally:
             stop(proc)
+            if not window:
+                stop(raw_proc)
         results[mode] = (
             statistics.median(served),
             lat,
@@ -294,6 +317,14 @@ def main() -> None:
             f"{rate / forward_rate:.2f}"
         )
         if mode == "coalescing on":
+            raw = statistics.median(raw_rates)
+            raw_s = statistics.median(u for u, _ in raw_us)
+            raw_c = statistics.median(c for _, c in raw_us)
+            print(
+                f"  bare server       {raw:8.0f} packets/s (no aios-grpc: the block's methods behind a bare "
+                f"grpc.aio servicer, same client and load; CPU per packet server {raw_s:.0f} us, client {raw_c:.0f} us)"
+            )
+            print(f"    -> served/bare {rate / raw:.2f}, bare/offline {raw / run_rate:.2f}")
             print(
                 f"  scheduler alone   {scheduler_only:8.0f} packets/s (no gRPC, no client; same block, "
                 f"{STREAMS * PER_STREAM} in flight) -> /offline {scheduler_only / run_rate:.2f}"
