@@ -30,8 +30,10 @@ def test_blocking_call_in_async_def_is_logged_once_with_its_frame(caplog):
                     assert client.run({}, timeout=10).ok
             watchdog = served.server.scheduler.watchdog
             assert watchdog.max_lag_s >= 0.2
-    warnings = [r for r in caplog.records if r.name == "aios_grpc.watchdog"]
-    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    # On a loaded machine the loop may also stall elsewhere for over 0.1 s (that is
+    # reported too, naming its own frame): only the reports of this block's call count.
+    warnings = [r for r in caplog.records if r.name == "aios_grpc.watchdog" and "in on_data()" in r.getMessage()]
+    assert len(warnings) == 1, [r.getMessage() for r in caplog.records]
     message = warnings[0].getMessage()
     assert "blocks.py" in message and "in on_data()" in message
     assert "time.sleep(0.4)" in message  # the stack shows the offending line
@@ -45,7 +47,8 @@ def test_watchdog_is_quiet_for_plain_blocking_methods(serve, caplog):
     with caplog.at_level(logging.WARNING, logger="aios_grpc.watchdog"):
         with BlockClient(served.address) as client:
             assert client.run({"sleep": 0.4}, timeout=10).ok
-    assert not [r for r in caplog.records if r.name == "aios_grpc.watchdog"]
+    # A stall from a loaded machine would name its own frame; none may name the block.
+    assert not [r for r in caplog.records if r.name == "aios_grpc.watchdog" and "basic.py" in r.getMessage()]
     assert served.server.scheduler.watchdog.max_lag_s < 0.3
 
 
