@@ -107,56 +107,35 @@ def collate(
     return batch.to(device) if device is not None else batch
 
 
-def split(output: Any, n: int, *, digits: int | None = None) -> list[Any]:
+def split(output: Any, n: int, *, decimals: int | None = None) -> list[Any]:
     """Cut a batched output (a tensor, or a tuple/list/dict of them) into ``n`` plain values.
 
-    ``digits`` rounds floating-point values to that many significant decimal digits
-    (``round_significant``) so that their JSON text is short: a float32 value turned
-    into a Python float otherwise prints with up to 17 digits (``0.12345670163631439``),
-    and writing those digits is most of the cost of a small output. ``digits=7`` is
-    about float32's precision (24 bits, 7.2 decimal digits): a value moves by at most
-    5e-7 of itself; with ``digits=9`` every float32 value reads back exactly.
+    ``decimals`` rounds floating-point values to that many decimal places, in float64,
+    so that their JSON text is short: a float32 value turned into a Python float
+    otherwise prints with up to 17 digits (``0.12345670163631439``), and writing those
+    is most of the cost of a small output; with ``decimals=6`` it is ``0.123457``.
+    Values above about ``1e302 / 10**decimals`` (never a float32) overflow to infinity.
     """
     if isinstance(output, torch.Tensor):
         if output.dim() == 0 or output.shape[0] != n:
             raise ValueError(f"model output has shape {tuple(output.shape)}; expected {n} rows, one per entry")
         values = output.detach()
         if values.is_floating_point():
-            if digits is not None:
-                values = round_significant(values, digits)
+            if decimals is not None:
+                # One op: in a busy server each tensor op costs tens of microseconds
+                # (cold caches between batches), more than the digits it would save.
+                values = torch.round(values.to(torch.float64), decimals=decimals)
             elif values.dtype != torch.float32:
                 values = values.float()
         rows: list[Any] = values.cpu().tolist()
         return rows
     if isinstance(output, Mapping):
-        parts = {k: split(v, n, digits=digits) for k, v in output.items()}
+        parts = {k: split(v, n, decimals=decimals) for k, v in output.items()}
         return [{k: parts[k][i] for k in parts} for i in range(n)]
     if isinstance(output, tuple | list):
-        parts_list = [split(v, n, digits=digits) for v in output]
+        parts_list = [split(v, n, decimals=decimals) for v in output]
         return [tuple(p[i] for p in parts_list) for i in range(n)]
     raise TypeError(f"cannot split a model output of type {type(output).__name__}")
-
-
-def round_significant(values: torch.Tensor, digits: int = 7) -> torch.Tensor:
-    """``values`` in float64, each rounded to ``digits`` significant decimal digits.
-
-    A result is the float64 nearest to a decimal of at most ``digits`` digits, so
-    ``float.__repr__`` (and JSON) writes it short: ``0.1234567``, not
-    ``0.12345670163631439``. Zeros, infinities and NaNs stay as they are. That holds
-    from about ``1e-16`` (the scale, ``10**k``, is exact up to k = 22) to ``10**digits``;
-    outside, a value is rounded as well but may print longer. Past ``1e294`` either way
-    the bounded scale keeps more digits or fewer (below ``1e-300`` a value becomes 0).
-    """
-    if isinstance(digits, bool) or not isinstance(digits, int) or digits < 1:
-        raise ValueError(f"digits must be an integer >= 1, got {digits!r}")
-    x = values.detach().to(torch.float64)
-    # Few ops, in place where they can be: each costs a microsecond or two, as much as
-    # the JSON digits it saves for a small output.
-    places = (digits - 1) - x.abs().log10_().floor_()  # decimal places to keep
-    # Bounded, the scale stays finite and non-zero: 0 and -0 stay 0 and -0, infinities
-    # stay infinite, NaN stays NaN, with no mask to pick them out.
-    scale = torch.pow(10.0, places.clamp_(-300.0, 300.0))
-    return (x * scale).round_().div_(scale)
 
 
 class TorchModel:
@@ -197,4 +176,4 @@ class TorchModel:
         return split(self(batch), len(inputs))
 
 
-__all__ = ["TorchModel", "collate", "round_significant", "select_device", "split"]
+__all__ = ["TorchModel", "collate", "select_device", "split"]

@@ -13,7 +13,7 @@ import torch
 from aios_grpc_client import BlockClient
 
 from aios_grpc import TestContext
-from aios_grpc.torch import TorchModel, collate, round_significant, select_device, split
+from aios_grpc.torch import TorchModel, collate, select_device, split
 from examples.torch_classifier import TorchClassifier, build_mlp
 from tests.conftest import ROOT
 
@@ -59,39 +59,24 @@ def test_collate_and_split_round_trip():
         split(torch.zeros(2, 4), 3)
 
 
-def test_round_significant_keeps_digits_and_prints_short():
-    gen = torch.Generator().manual_seed(0)
-    # From 1e-16 up to 10**7 the result prints in 7 digits (see the docstring for beyond).
-    x = torch.randn(2000, generator=gen) * 10.0 ** torch.randint(-12, 6, (2000,), generator=gen)
-    rounded = round_significant(x.float(), 7)
-    assert rounded.dtype == torch.float64
-    exact = x.float().double()
-    assert torch.all((rounded - exact).abs() <= 5e-7 * exact.abs())
-    for value in rounded.tolist():
-        mantissa = repr(value).split("e")[0].lstrip("-").replace(".", "").strip("0")
-        assert len(mantissa) <= 7, repr(value)
-    special = torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan"), 1e-40, 2.5])
-    out = round_significant(special, 3).tolist()
-    assert out[:4] == [0.0, 0.0, float("inf"), -float("inf")] and str(out[1]) == "-0.0"
-    assert out[4] != out[4] and out[5:] == [1e-40, 2.5]
-    already = torch.tensor([123.456789], dtype=torch.float64)
-    assert round_significant(already, 4).tolist() == [123.5]
-    assert already.tolist() == [123.456789], "the input is left as it was"
-    as_float32 = torch.tensor(round_significant(x.float(), 9).tolist(), dtype=torch.float32)
-    assert torch.equal(as_float32, x.float()), "9 digits give every float32 back"
-    for bad in (0, 2.5, True):
-        with pytest.raises(ValueError, match="digits must be an integer >= 1"):
-            round_significant(x, bad)
-
-
-def test_split_with_digits_writes_short_json():
+def test_split_with_decimals_writes_short_json():
     out = torch.tensor([[0.1234567891, 2.0], [1 / 3, -7e-5]])
-    assert split(out, 2) == out.tolist()  # unchanged without digits
-    assert split(out, 2, digits=4) == [[0.1235, 2.0], [0.3333, -7e-05]]
-    assert json.dumps(split(out, 2, digits=7)[1]) == "[0.3333333, -7e-05]"
-    both = split({"y": out, "label": torch.tensor([1, 0])}, 2, digits=2)
-    assert both == [{"y": [0.12, 2.0], "label": 1}, {"y": [0.33, -7e-05], "label": 0}]
-    assert split((out,), 2, digits=1)[0] == ([0.1, 2.0],)
+    assert split(out, 2) == out.tolist()  # unchanged without decimals
+    assert split(out, 2, decimals=4) == [[0.1235, 2.0], [0.3333, -0.0001]]
+    assert json.dumps(split(out, 2, decimals=6)[1]) == "[0.333333, -7e-05]"
+    both = split({"y": out, "label": torch.tensor([1, 0])}, 2, decimals=2)
+    assert both == [{"y": [0.12, 2.0], "label": 1}, {"y": [0.33, -0.0], "label": 0}]
+    assert split((out,), 2, decimals=1)[0] == ([0.1, 2.0],)
+    gen = torch.Generator().manual_seed(0)
+    many = (torch.randn(4000, generator=gen) * 10.0 ** torch.randint(-8, 7, (4000,), generator=gen)).view(400, 10)
+    rows = split(many, 400, decimals=6)
+    assert torch.allclose(torch.tensor(rows, dtype=torch.float64), many.double(), rtol=0, atol=5.1e-7)
+    # Each value is the float64 nearest to its rounded decimal, so it prints short.
+    assert all(len(repr(v).split(".")[-1]) <= 6 for row in rows for v in row if "e" not in repr(v))
+    special = torch.tensor([[0.0, -0.0, float("inf"), float("nan")]], dtype=torch.float64)
+    kept = split(special, 1, decimals=3)[0]
+    assert kept[:3] == [0.0, -0.0, float("inf")] and str(kept[1]) == "-0.0" and kept[3] != kept[3]
+    assert special[0, 0].item() == 0.0 and special.dtype == torch.float64, "the output is left as it was"
 
 
 def test_model_runs_under_inference_mode_and_matches_offline():
