@@ -20,6 +20,13 @@ from aios_grpc.packet import AIOSPacket, FileInfo
 def packet_from_proto(msg: pb.Packet) -> AIOSPacket:
     """An ``AIOSPacket`` with the fields of a protobuf ``Packet``."""
     files = msg.files
+    n = len(files)
+    if n == 1:
+        # The usual file packet: no comprehension (a frame of its own) for one item.
+        f = files[0]
+        infos = [FileInfo(f.metadata, f.file_data)]
+    else:
+        infos = [FileInfo(f.metadata, f.file_data) for f in files] if n else []
     headers = msg.headers
     # Positional, in field order: this runs once per packet read.
     return AIOSPacket(
@@ -28,7 +35,7 @@ def packet_from_proto(msg: pb.Packet) -> AIOSPacket:
         msg.data,
         msg.ts,
         msg.output_ptr,
-        [FileInfo(f.metadata, f.file_data) for f in files] if files else [],
+        infos,
         dict(headers) if headers else {},
         msg.deadline,
     )
