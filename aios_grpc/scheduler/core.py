@@ -297,6 +297,31 @@ class Scheduler:
         queue.put_nowait(job)
         return True
 
+    def try_submit_many(self, jobs: list[Job]) -> int:
+        """Queue the leading jobs of ``jobs`` that fit without a wait; how many were queued.
+
+        ``jobs`` come from one request (one source). They are counted and queued in
+        one step: a coalesced request pays this once, not once per packet. The caller
+        hands the rest, if any, to ``try_submit``/``submit`` in order. With a muxer, or
+        while draining, nothing is queued here (0): those go one by one.
+        """
+        queue = self._queue
+        assert queue is not None
+        if self.mux_stage is not None or not self.accepting:
+            return 0
+        room = queue.maxsize - queue.qsize()
+        if room < len(jobs):
+            if room <= 0:
+                return 0
+            jobs = jobs[:room]
+        n = len(jobs)
+        self.in_flight += n
+        if self.in_flight == n:
+            self._idle.clear()  # type: ignore[union-attr]
+        self.telemetry.packets_received(jobs)
+        queue.put_many_nowait(jobs)
+        return n
+
     def submit_nowait(self, job: Job) -> None:
         """Queue a job or answer it RESOURCE_EXHAUSTED when the queue is full."""
         if not self._admit(job):

@@ -223,7 +223,7 @@ class JobQueue:
     ``asyncio.Queue`` spends about a dozen Python calls per item on bookkeeping this
     queue never needs (``task_done``/``join``); a packet passes through once, so those
     calls are paid per packet. Only the methods the scheduler and the batch stage use
-    are here: ``put``/``put_nowait`` (``asyncio.QueueFull`` when full), ``get``/
+    are here: ``put``/``put_nowait``/``put_many_nowait`` (``asyncio.QueueFull`` when full), ``get``/
     ``get_nowait`` (``asyncio.QueueEmpty`` when empty), ``qsize``, ``empty``, ``full``.
     Use it from the event loop's thread only.
     """
@@ -258,6 +258,17 @@ class JobQueue:
         items.append(job)
         if self._getters:
             wake_first(self._getters)
+
+    def put_many_nowait(self, jobs: list[Job]) -> None:
+        """Add several jobs at once (the caller checked that they fit), waking one getter per job."""
+        items = self._items
+        if len(items) + len(jobs) > self.maxsize:
+            raise asyncio.QueueFull
+        items.extend(jobs)
+        getters = self._getters
+        if getters:
+            for _ in range(min(len(jobs), len(getters))):
+                wake_first(getters)
 
     async def put(self, job: Job) -> None:
         """Add a job, waiting while the queue is full."""

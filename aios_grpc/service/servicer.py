@@ -35,6 +35,8 @@ log = logging.getLogger("aios_grpc.service")
 _END = object()
 _MAX_RESULTS_PER_RESPONSE = 256
 _PARTIAL = Kind.PARTIAL
+# _KIND_NUMBER[kind] is int(kind) as a plain int, which upb sets faster than an IntEnum.
+_KIND_NUMBER = tuple(range(max(Kind) + 1))
 
 
 class BlockServicer(pb_grpc.BlockServiceServicer):
@@ -103,33 +105,21 @@ class BlockServicer(pb_grpc.BlockServiceServicer):
                     else:
                         item[2].sent()
                     continue
-                items = [item]
-                end = False
-                while len(items) < _MAX_RESULTS_PER_RESPONSE and not out.empty():
-                    more = out.get_nowait()
-                    if more is _END:
-                        end = True
-                        break
-                    items.append(more)
+                items = out.take(item, _MAX_RESULTS_PER_RESPONSE)
                 response = pb.ProcessResponse()
-                add = response.results.add
-                for one in items:
-                    _fill_result(add(), one)
+                partials = _fill_results(response.results.add, items)
                 try:
                     yield response
                 except BaseException:
                     for one in items:
                         one[2].drop()
                     raise
-                answered = 0
-                for one in items:
-                    if one[2].kind is not _PARTIAL:
-                        answered += 1
-                    else:
-                        one[2].sent()
-                window.release(answered)
-                if end:
-                    break
+                if partials:
+                    window.release(len(items) - len(partials))
+                    for partial in partials:
+                        partial.sent()
+                else:
+                    window.release(len(items))
             await reader
         finally:
             self.open_streams -= 1
@@ -198,14 +188,16 @@ class _Outbox:
     """One stream's answers on their way out: a single-consumer queue, cheaper than asyncio.Queue.
 
     Not bounded itself: the stream's window bounds the terminal results in it, each
-    packet's ``PartialGate`` (``AIOS_MAX_UNSENT_PARTIALS``) the partials.
+    packet's ``PartialGate`` (``AIOS_MAX_UNSENT_PARTIALS``) the partials. ``end()``
+    marks the last answer in: ``get`` gives ``_END`` once the items before it are taken.
     """
 
-    __slots__ = ("_items", "_waiter")
+    __slots__ = ("_items", "_waiter", "ended")
 
     def __init__(self) -> None:
         self._items: deque[Any] = deque()
         self._waiter: asyncio.Future[None] | None = None
+        self.ended = False
 
     def put_nowait(self, item: Any) -> None:
         """Add an item and wake the consumer."""
@@ -214,17 +206,35 @@ class _Outbox:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def end(self) -> None:
+        """Nothing follows: the consumer gets ``_END`` after the items already in."""
+        self.ended = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
     def empty(self) -> bool:
-        """Whether nothing is waiting."""
+        """Whether no item is waiting."""
         return not self._items
 
     def get_nowait(self) -> Any:
         """The oldest item (call only when not ``empty()``)."""
         return self._items.popleft()
 
+    def take(self, first: Any, limit: int) -> list[Any]:
+        """``first`` and the items waiting after it, ``limit`` at most in all."""
+        items = self._items
+        if len(items) < limit:
+            taken = [first, *items]
+            items.clear()
+            return taken
+        return [first, *[items.popleft() for _ in range(limit - 1)]]
+
     async def get(self) -> Any:
-        """The oldest item, waiting for one."""
+        """The oldest item, waiting for one; ``_END`` once ended and empty."""
         while not self._items:
+            if self.ended:
+                return _END
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
@@ -296,24 +306,28 @@ class _Stream:
         self.replies.close()
         out = self.out
         while not out.empty():
-            item = out.get_nowait()
-            if item is not _END:
-                item[2].drop()
+            out.get_nowait()[2].drop()
 
     def _emit(self, session_id: str, seq_no: int, result: Result) -> None:
         if self.closed:
             result.drop()
             return
         # The response message is built by the writer, straight into the message it sends.
-        self.out.put_nowait((session_id, seq_no, result))
+        # _Outbox.put_nowait spelled out: this runs once per answer.
+        out = self.out
+        out._items.append((session_id, seq_no, result))
+        waiter = out._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
         if not self.reading and result.kind is not _PARTIAL and self.replies.open_slots == 0:
-            self.out.put_nowait(_END)
+            out.end()
 
     async def read(self, requests: AsyncIterator[pb.ProcessRequest]) -> None:
         scheduler = self.scheduler
         window = self.window
         replies = self.replies
         try_submit = scheduler.try_submit
+        try_submit_many = scheduler.try_submit_many
         trace = self.trace
         messages: Sequence[pb.Packet]
         try:
@@ -323,8 +337,18 @@ class _Stream:
                     messages = list(request.packets)
                     if request.HasField("packet"):
                         messages.insert(0, request.packet)
+                    if window.try_acquire(len(messages)):
+                        # The usual coalesced request: places for all its packets are free,
+                        # so its jobs are made in one loop and queued in one step.
+                        jobs = self._jobs(messages)
+                        taken = try_submit_many(jobs)
+                        if taken < len(jobs):
+                            await self._submit_each(jobs, taken)
+                        continue
+                    held = 0  # one by one, waiting for places as needed
                 elif request.HasField("packet"):
                     messages = (request.packet,)
+                    held = 1 if window.try_acquire() else 0
                 else:
                     await window.acquire()
                     replies.slot("", 0)(
@@ -337,9 +361,6 @@ class _Stream:
                     )
                     continue
                 taken = 0
-                # Places for every packet of the request at once when they are free (the
-                # usual case), else one by one, waiting as needed.
-                held = len(messages) if window.try_acquire(len(messages)) else 0
                 stream_deadline = self.deadline
                 for msg in messages:
                     if held:
@@ -372,13 +393,7 @@ class _Stream:
                         await scheduler.submit(job)
                     except asyncio.CancelledError:
                         # Stopped while the queue was full: the packet was taken, so answer it.
-                        scheduler.answer(
-                            job,
-                            Result(
-                                Kind.ERROR,
-                                error=Unavailable("block is draining; retry on another instance", stage="queue"),
-                            ),
-                        )
+                        scheduler.answer(job, _draining())
                         self._refuse(messages[taken:])
                         raise
         except asyncio.CancelledError:
@@ -387,20 +402,61 @@ class _Stream:
         finally:
             self.reading = False
             if self.replies.open_slots == 0:
-                self.out.put_nowait(_END)
+                self.out.end()
+
+    def _jobs(self, messages: list[pb.Packet]) -> list[Job]:
+        """The jobs of a request's packets, each with its reply slot (its window place is taken)."""
+        replies = self.replies
+        # Each packet after the first is read behind an unanswered one (its predecessor).
+        self.scheduler.pipelined_arrivals += len(messages) if replies.open_slots else len(messages) - 1
+        slot = replies.slot
+        stream_deadline = self.deadline
+        trace = self.trace
+        now = time.monotonic()
+        jobs = []
+        for msg in messages:
+            packet = packet_from_proto(msg)
+            deadline = stream_deadline
+            if packet.deadline:
+                # The packet's own deadline is wall-clock; turn it into monotonic time.
+                own = now + (packet.deadline - time.time())
+                deadline = min(deadline, own) if deadline else own
+            # Positional, in field order: packet, reply, received, deadline, members, source, trace.
+            jobs.append(Job(packet, slot(packet.session_id, packet.seq_no), now, deadline, None, "grpc", trace))
+        return jobs
+
+    async def _submit_each(self, jobs: list[Job], start: int) -> None:
+        """Queue ``jobs[start:]`` one by one, waiting while the queue is full (``try_submit_many`` took the rest)."""
+        scheduler = self.scheduler
+        for i in range(start, len(jobs)):
+            job = jobs[i]
+            if scheduler.try_submit(job):
+                continue
+            try:
+                await scheduler.submit(job)
+            except asyncio.CancelledError:
+                # Stopped while the queue was full: the packet was taken, so answer it,
+                # and the later ones, which the scheduler never saw, through their slots.
+                scheduler.answer(job, _draining())
+                for rest in jobs[i + 1 :]:
+                    rest.reply(_draining())
+                raise
 
     def _refuse(self, messages: Sequence[pb.Packet]) -> None:
         """Answer packets read but never handed to the scheduler (the stream stopped)."""
         for msg in messages:
-            self.replies.slot(msg.session_id, msg.seq_no)(
-                Result(Kind.ERROR, error=Unavailable("block is draining; retry on another instance", stage="queue"))
-            )
+            self.replies.slot(msg.session_id, msg.seq_no)(_draining())
 
     def stop_reading(self) -> None:
         """Read no more packets (drain); the stream ends once every read packet is answered."""
         if self.reader is not None and not self.reader.done():
             self.stopping = True
             self.reader.cancel()
+
+
+def _draining() -> Result:
+    """The answer for a packet read and not run: the stream stopped reading (drain)."""
+    return Result(Kind.ERROR, error=Unavailable("block is draining; retry on another instance", stage="queue"))
 
 
 def _fill_result(msg: pb.PacketResult, item: tuple[str, int, Result]) -> None:
@@ -410,11 +466,34 @@ def _fill_result(msg: pb.PacketResult, item: tuple[str, int, Result]) -> None:
         msg.session_id = session_id
     if seq_no:
         msg.seq_no = seq_no
-    msg.kind = result.kind  # type: ignore[assignment]  # Kind's numbers are ResultKind's
+    msg.kind = _KIND_NUMBER[result.kind]  # type: ignore[assignment]  # Kind's numbers are ResultKind's
     if result.output is not None:
         fill_packet(msg.output, result.output)
     if result.error is not None:
         msg.error.CopyFrom(error_to_proto(result.error))
+
+
+def _fill_results(add: Any, items: list[tuple[str, int, Result]]) -> list[Result] | None:
+    """``_fill_result`` for each of a response's items, each into ``add()``; the partials among them, if any."""
+    partials = None
+    for session_id, seq_no, result in items:
+        # _fill_result spelled out: this runs once per result of a coalesced stream.
+        msg = add()
+        if session_id:
+            msg.session_id = session_id
+        if seq_no:
+            msg.seq_no = seq_no
+        kind = result.kind
+        msg.kind = _KIND_NUMBER[kind]
+        if result.output is not None:
+            fill_packet(msg.output, result.output)
+        if result.error is not None:
+            msg.error.CopyFrom(error_to_proto(result.error))
+        if kind is _PARTIAL:
+            if partials is None:
+                partials = []
+            partials.append(result)
+    return partials
 
 
 def trace_metadata(metadata: Any) -> dict[str, str] | None:

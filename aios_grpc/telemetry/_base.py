@@ -30,6 +30,14 @@ class Telemetry:
     def packet_received(self, job: Job) -> None:
         """A packet entered the scheduler."""
 
+    def packets_received(self, jobs: Sequence[Job]) -> None:
+        """Several packets of one request (one source) entered the scheduler together.
+
+        The default calls ``packet_received`` for each, so a subclass may override either.
+        """
+        for job in jobs:
+            self.packet_received(job)
+
     def stage_done(self, job: Job, stage: str, seconds: float) -> None:
         """A stage ("queue", "preprocess", "data", "batch", "route") of a packet ended."""
 

@@ -232,6 +232,19 @@ class Observability(Telemetry):
         self._live[tp] = traced
         job.trace = traced
 
+    def packets_received(self, jobs: Sequence[Job]) -> None:
+        """Count several packets of one request (one source) at once; with tracing, each as ``packet_received``."""
+        if self.tracer is not None or type(self).packet_received is not Observability.packet_received:
+            for job in jobs:
+                self.packet_received(job)
+            return
+        if not jobs:
+            return
+        pending = self._received_pending
+        pending.extend([(jobs[0].source,)] * len(jobs))
+        if len(pending) >= FOLD_AT:
+            self.received.fold()
+
     def stage_done(self, job: Job, stage: str, seconds: float) -> None:
         """Time the stage; with tracing, add it to the packet's span as a child span."""
         pending = self._stage_pending.get(stage)
