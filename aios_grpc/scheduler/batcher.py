@@ -242,14 +242,7 @@ class BatchStage:
                 outcomes = [BlockCodeError(f"internal error: {exc}", stage="batch")] * len(jobs)
         sched.telemetry.stages_done(jobs, "batch", [took] * len(jobs))
         assert not isinstance(outcomes, _Encode)
-        answer = sched.answer
-        wants = sched.router.wants if sched._routed else None
-        for job, outcome in zip(jobs, outcomes, strict=True):
-            # The common outcome, one output back to the caller, without _finish's checks.
-            if type(outcome) is list and len(outcome) == 1 and (wants is None or not wants(job)):
-                answer(job, Result(Kind.OK, output=outcome[0]))
-            else:
-                sched._finish(job, outcome)
+        sched.answer_outcomes(jobs, outcomes)
 
     def _batch_sync(self, jobs: list[Job]) -> list[Outcome] | _Encode:
         sched = self.scheduler

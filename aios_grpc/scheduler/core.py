@@ -32,7 +32,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -381,6 +381,52 @@ class Scheduler:
         if self.in_flight <= 0 and self._idle is not None:
             self._idle.set()
 
+    def answer_each(self, jobs: Sequence[Job], results: Sequence[Result]) -> None:
+        """``answer`` each of ``jobs`` with the terminal result at its place, counted in one step.
+
+        The same answers as ``answer`` per job, in order; the telemetry hook, ``in_flight``
+        and the idle check are done once for all (a batch's or a chunk's answers).
+        """
+        skipped: list[int] | None = None
+        extra = 0  # members of merged jobs beyond the job itself
+        for i, (job, result) in enumerate(zip(jobs, results, strict=True)):
+            if job.answered:
+                skipped = [i] if skipped is None else [*skipped, i]
+                continue
+            job.answered = True
+            try:
+                job.reply(result)
+            except Exception:
+                log.exception("reply for %s/%s failed", job.packet.session_id, job.packet.seq_no)
+            if job.members:
+                extra += len(job.members) - 1
+        if skipped is not None:  # answered already: not counted again
+            jobs = [job for i, job in enumerate(jobs) if i not in skipped]
+            results = [result for i, result in enumerate(results) if i not in skipped]
+        self.telemetry.packets_answered(jobs, results)
+        self.in_flight -= len(jobs) + extra
+        self.completed += len(jobs)
+        if self.in_flight <= 0 and self._idle is not None:
+            self._idle.set()
+
+    def answer_outcomes(self, jobs: Sequence[Job], outcomes: Sequence[list[AIOSPacket] | BaseException | None]) -> None:
+        """Answer each job of a batch or chunk from its outcome, as ``_finish`` does.
+
+        The usual outcomes, one output each back to the caller, are answered in one
+        step (``answer_each``); any other outcome in the lot sends each through ``_finish``.
+        """
+        if not self._routed:
+            results = []
+            for outcome in outcomes:
+                if type(outcome) is not list or len(outcome) != 1:
+                    break
+                results.append(Result(_OK, outcome[0]))
+            else:
+                self.answer_each(jobs, results)
+                return
+        for job, outcome in zip(jobs, outcomes, strict=True):
+            self._finish(job, outcome)
+
     def _gate(self, job: Job) -> PartialGate:
         """``job``'s gate, made on its first partial (from a worker thread or the loop)."""
         with self._gate_lock:
@@ -606,17 +652,7 @@ class Scheduler:
             finally:
                 self._chunks_started.remove(started)
                 wake_first(self._pool_waiters)
-            if self._routed:
-                for job, res in zip(jobs, results, strict=True):
-                    self._finish(job, res)
-                return
-            answer = self.answer
-            for job, res in zip(jobs, results, strict=True):
-                # The common case, one output back to the caller, without _finish's checks.
-                if type(res) is list and len(res) == 1:
-                    answer(job, Result(_OK, output=res[0]))
-                else:
-                    self._finish(job, res)
+            self.answer_outcomes(jobs, results)
         else:
             await asyncio.gather(*(self._run_one_async(job) for job in jobs))
 

@@ -53,6 +53,14 @@ class Telemetry:
     def packet_answered(self, job: Job, result: Result) -> None:
         """A packet got its terminal result."""
 
+    def packets_answered(self, jobs: Sequence[Job], results: Sequence[Result]) -> None:
+        """Each of ``jobs`` got the terminal result at its place in ``results`` (a batch's answers).
+
+        The default calls ``packet_answered`` for each, so a subclass may override either.
+        """
+        for job, result in zip(jobs, results, strict=True):
+            self.packet_answered(job, result)
+
     def queue_depth(self, depth: int, in_flight: int) -> None:
         """The scheduler's queue depth and packets in flight changed."""
 

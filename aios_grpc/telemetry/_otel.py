@@ -284,6 +284,30 @@ class Observability(Telemetry):
         child = self.tracer.start_span(f"aios.{stage}", context=traced.ctx, start_time=end - int(seconds * 1e9))
         child.end(end_time=end)
 
+    def packets_answered(self, jobs: Sequence[Job], results: Sequence[Result]) -> None:
+        """``packet_answered`` for each, with one clock read and one count for the packets answered OK."""
+        if self.tracer is not None or type(self).packet_answered is not Observability.packet_answered:
+            for job, result in zip(jobs, results, strict=True):
+                self.packet_answered(job, result)
+            return
+        now = time.monotonic()
+        self._last_answered = now
+        seconds = self._packet_pending
+        ok = 0
+        for job, result in zip(jobs, results, strict=True):
+            if result.error is None and job.members is None:
+                seconds.append(now - job.received)
+                ok += 1
+            else:
+                self.packet_answered(job, result)
+        if ok:
+            answered = self._answered_pending
+            answered.extend([_OK] * ok)
+            if len(seconds) >= FOLD_AT:
+                self.packet_seconds.fold()
+            if len(answered) >= FOLD_AT:
+                self.answered.fold()
+
     def packet_answered(self, job: Job, result: Result) -> None:
         """Count the answer and time the packet; with tracing, close its span."""
         now = time.monotonic()
