@@ -223,8 +223,7 @@ class BatchStage:
             answer_all(sched, jobs, Unavailable("server is shutting down", stage="batch"))
             raise
         except Exception as exc:  # a bug in the SDK; still answer every packet
-            log.exception("batch of %d packets failed in the scheduler", len(jobs))
-            outcomes = [BlockCodeError(f"internal error: {exc}", stage="batch")] * len(jobs)
+            outcomes = _internal_error(jobs, exc, "batch")
         finally:
             self._give_slot(slot)
             self.running -= 1
@@ -238,8 +237,7 @@ class BatchStage:
                 answer_all(sched, jobs, Unavailable("server is shutting down", stage="batch"))
                 raise
             except Exception as exc:  # a bug in the SDK; still answer every packet
-                log.exception("output of a batch of %d packets failed in the scheduler", len(jobs))
-                outcomes = [BlockCodeError(f"internal error: {exc}", stage="batch")] * len(jobs)
+                outcomes = _internal_error(jobs, exc, "output of a batch")
         sched.telemetry.stages_done(jobs, "batch", [took] * len(jobs))
         assert not isinstance(outcomes, _Encode)
         sched.answer_outcomes(jobs, outcomes)
@@ -409,6 +407,12 @@ class BatchStage:
             except PacketError as exc:
                 out.append(exc)
         return out
+
+
+def _internal_error(jobs: list[Job], exc: Exception, what: str) -> list[Outcome]:
+    """Log an SDK bug met while running ``jobs`` and the INTERNAL outcome each of them gets."""
+    log.exception("%s of %d packets failed in the scheduler", what, len(jobs))
+    return [BlockCodeError(f"internal error: {exc}", stage="batch")] * len(jobs)
 
 
 class _Encode:
