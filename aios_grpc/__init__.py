@@ -39,8 +39,8 @@ from aios_grpc.errors import (
     UnknownAction,
 )
 from aios_grpc.events import BlockEvents, BlockSideCars
+from aios_grpc.grouping import Batcher, Muxer, TimeBasedBatcher
 from aios_grpc.metrics import AIOSMetrics
-from aios_grpc.muxing import Batcher, Muxer, TimeBasedBatcher
 from aios_grpc.packet import AIOSPacket, FileInfo, OnDataResult, PreProcessResult
 from aios_grpc.server import Block, BlockServer
 from aios_grpc.settings import Settings, load_settings

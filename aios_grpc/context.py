@@ -32,12 +32,12 @@ class Context:
     sessions: SessionsManager = field(default_factory=SessionsManager)
     events: BlockEvents = field(default_factory=BlockEvents)
     side_cars: BlockSideCars = field(default_factory=BlockSideCars)
-    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("aios_grpc.block"))
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("aios_grpc.runtime.adapter"))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Context:
         """A context filled from ``settings``: Redis-backed helpers when ``AIOS_REDIS_URL`` is set."""
-        from aios_grpc.adapters.redis_runtime import context_helpers
+        from aios_grpc.redis.wiring import context_helpers
 
         helpers = {"events": BlockEvents(block_id=settings.block_id), **context_helpers(settings)}
         return cls(
@@ -53,7 +53,7 @@ class Context:
                 "cluster_id": settings.cluster_id,
             },
             **helpers,
-            logger=logging.getLogger(f"aios_grpc.block.{settings.block_id}"),
+            logger=logging.getLogger(f"aios_grpc.runtime.adapter.{settings.block_id}"),
         )
 
 

@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from aios_grpc.adapters.queue import ListQueue, MemoryListQueue
+from aios_grpc.adapters.list_queue import ListQueue, MemoryListQueue
 
 log = logging.getLogger("aios_grpc.events")
 

@@ -27,13 +27,13 @@ from typing import Any
 import grpc
 
 from aios_grpc._pb import SERVICE_NAME, pb_grpc
-from aios_grpc.adapters.redis_runtime import RedisRuntime
-from aios_grpc.block import BlockAdapter
 from aios_grpc.context import Context
-from aios_grpc.control import ControlPlane
 from aios_grpc.errors import ConfigurationError
+from aios_grpc.redis.wiring import RedisWiring
 from aios_grpc.routing import GraphRouter, Router
-from aios_grpc.scheduler import Scheduler
+from aios_grpc.runtime import Scheduler
+from aios_grpc.runtime.adapter import BlockAdapter
+from aios_grpc.runtime.control import ControlPlane
 from aios_grpc.service.health import HealthMonitor
 from aios_grpc.service.reflection import enable_reflection
 from aios_grpc.service.servicer import BlockServicer
@@ -63,7 +63,7 @@ class BlockServer:
         self.telemetry = telemetry or make_telemetry(self.settings)
         # Routes by output_ptr; a packet with an empty pointer takes the fast path to the caller.
         self.router: Router = router or GraphRouter.from_settings(self.settings)
-        self.redis = RedisRuntime(self.settings) if RedisRuntime.wanted(self.settings) else None
+        self.redis = RedisWiring(self.settings) if RedisWiring.wanted(self.settings) else None
         self.health = HealthMonitor(
             self.settings.health_interval_s, self.settings.health_timeout_s, stall_s=self.settings.health_stall_s
         )

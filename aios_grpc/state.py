@@ -16,7 +16,7 @@ import json
 from collections.abc import Iterator, MutableMapping
 from typing import Any
 
-from aios_grpc.adapters.state import MemoryStateStore, StateStore, dumps
+from aios_grpc.adapters.state_store import MemoryStateStore, StateStore, dumps
 
 
 class StateDict(MutableMapping[str, Any]):

@@ -22,9 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from aios_grpc.block import BlockAdapter
 from aios_grpc.context import Context
 from aios_grpc.packet import AIOSPacket, FileInfo, OnDataResult
+from aios_grpc.runtime.adapter import BlockAdapter
 
 
 @dataclass

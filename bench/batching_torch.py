@@ -159,8 +159,9 @@ def in_process(packets: list, threads: int, in_flight: int) -> float:
     import torch
 
     from aios_grpc import AIOSPacket, FileInfo, TestContext
-    from aios_grpc.block import BlockAdapter
-    from aios_grpc.scheduler import Job, Scheduler
+    from aios_grpc.job import Job
+    from aios_grpc.runtime import Scheduler
+    from aios_grpc.runtime.adapter import BlockAdapter
     from aios_grpc.settings import load_settings
     from examples.torch_classifier import TorchClassifier
 

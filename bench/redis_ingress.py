@@ -41,7 +41,7 @@ import redis  # noqa: E402
 from _harness import cpu_seconds, start_block  # noqa: E402
 from aios.block.v1 import block_pb2 as pb  # noqa: E402
 
-from aios_grpc.adapters.redis_local import LocalRedis  # noqa: E402
+from aios_grpc.redis.local import LocalRedis  # noqa: E402
 
 BATCH = 100
 
@@ -91,7 +91,7 @@ class AnsweringScheduler:
 
     async def submit(self, job: Any) -> None:
         """Answer ``job`` with its own packet."""
-        from aios_grpc.scheduler.job import Kind, Result
+        from aios_grpc.job import Kind, Result
 
         job.reply(Result(Kind.OK, output=job.packet))
 
@@ -100,7 +100,7 @@ def ingress_consumer(port: int, stream: str, group: str, n: int, go: Any = None)
     """``StreamIngress`` with ``AnsweringScheduler`` until ``n`` entries were acknowledged (after ``go``)."""
     import redis.asyncio as aioredis
 
-    from aios_grpc.ingress.stream import StreamIngress
+    from aios_grpc.redis.stream_ingress import StreamIngress
 
     async def consume() -> None:
         client = aioredis.Redis(port=port)

@@ -53,8 +53,10 @@ async def _run(packets: int) -> float:
     from _harness import TrivialBlock
 
     from aios_grpc._pb import pb
-    from aios_grpc.block import BlockAdapter
-    from aios_grpc.scheduler import Kind, Result, Scheduler, core
+    from aios_grpc.job import Kind, Result
+    from aios_grpc.runtime import Scheduler
+    from aios_grpc.runtime import scheduler as core
+    from aios_grpc.runtime.adapter import BlockAdapter
     from aios_grpc.service.servicer import BlockServicer
     from aios_grpc.settings import load_settings
     from aios_grpc.telemetry import make_telemetry

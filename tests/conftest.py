@@ -141,7 +141,7 @@ def redis_server() -> Iterator[Any]:
     ``redis_server.url``, ``.port``, ``.client()``; ``.restart(down_s)`` brings it back on
     the same port with the same data.
     """
-    from aios_grpc.adapters.redis_local import LocalRedis
+    from aios_grpc.redis.local import LocalRedis
 
     server = LocalRedis().start()
     yield server

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from aios_grpc import *
-from aios_grpc.adapters.queue import MemoryListQueue
+from aios_grpc.adapters.list_queue import MemoryListQueue
 from aios_grpc.events import BlockSideCars
 
 

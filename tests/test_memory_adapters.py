@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 from aios_grpc import BlockEvents, SessionsManager
-from aios_grpc.adapters.queue import MemoryListQueue
-from aios_grpc.adapters.state import MemoryStateStore
+from aios_grpc.adapters.list_queue import MemoryListQueue
+from aios_grpc.adapters.state_store import MemoryStateStore
 
 
 def test_events_pushed_with_no_consumer_keep_only_the_newest():

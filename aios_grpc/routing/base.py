@@ -7,8 +7,8 @@ Redis queues) replaces it by configuration.
 
 from __future__ import annotations
 
+from aios_grpc.job import Job
 from aios_grpc.packet import AIOSPacket
-from aios_grpc.scheduler.job import Job
 
 
 class Router:

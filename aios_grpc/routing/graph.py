@@ -35,7 +35,7 @@ from aios_grpc.routing.policy import AllowList, Backoff
 from aios_grpc.routing.redis_link import RedisLink
 
 if TYPE_CHECKING:
-    from aios_grpc.scheduler.job import Job
+    from aios_grpc.job import Job
     from aios_grpc.settings import Settings
 
 log = logging.getLogger("aios_grpc.routing")

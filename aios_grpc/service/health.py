@@ -32,8 +32,8 @@ import grpc
 from grpc_health.v1 import health_pb2
 
 from aios_grpc._pb import SERVICE_NAME
-from aios_grpc.block import BlockAdapter
-from aios_grpc.scheduler import Scheduler
+from aios_grpc.runtime import Scheduler
+from aios_grpc.runtime.adapter import BlockAdapter
 
 log = logging.getLogger("aios_grpc.health")
 

@@ -18,7 +18,6 @@ from typing import Any
 import grpc
 
 from aios_grpc._pb import pb, pb_grpc
-from aios_grpc.control import ControlPlane
 from aios_grpc.converters import (
     dict_to_struct,
     error_to_proto,
@@ -28,7 +27,10 @@ from aios_grpc.converters import (
     to_value,
 )
 from aios_grpc.errors import AiosError, InvalidPacket, Unavailable, status_of
-from aios_grpc.scheduler import Job, Kind, OrderedReplies, Result, Scheduler
+from aios_grpc.job import Job, Kind, Result
+from aios_grpc.runtime import Scheduler
+from aios_grpc.runtime.control import ControlPlane
+from aios_grpc.service.ordering import OrderedReplies
 
 log = logging.getLogger("aios_grpc.service")
 

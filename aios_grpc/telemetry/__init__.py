@@ -30,7 +30,7 @@ def __getattr__(name: str) -> Any:
 
         return Observability
     if name == "OTelMetricsBackend":
-        from aios_grpc.telemetry._metrics import OTelMetricsBackend
+        from aios_grpc.telemetry._metrics_backend import OTelMetricsBackend
 
         return OTelMetricsBackend
     raise AttributeError(name)

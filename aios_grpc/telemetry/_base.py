@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from aios_grpc.block import BlockAdapter
-    from aios_grpc.scheduler.job import Job, Result
+    from aios_grpc.job import Job, Result
+    from aios_grpc.runtime.adapter import BlockAdapter
 
 
 class Telemetry:

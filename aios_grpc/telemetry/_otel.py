@@ -50,13 +50,13 @@ from aios_grpc.telemetry._export import (
     tracer_provider_from_env,
     tracing_wanted,
 )
-from aios_grpc.telemetry._metrics import OTelMetricsBackend, attach_backend
+from aios_grpc.telemetry._metrics_backend import OTelMetricsBackend, attach_backend
 from aios_grpc.telemetry._stats import FOLD_AT, Key, Stats
 from aios_grpc.telemetry._trace import Traced, extract, write_context
 
 if TYPE_CHECKING:
-    from aios_grpc.block import BlockAdapter
-    from aios_grpc.scheduler.job import Job, Result
+    from aios_grpc.job import Job, Result
+    from aios_grpc.runtime.adapter import BlockAdapter
     from aios_grpc.settings import Settings
 
 log = logging.getLogger("aios_grpc.telemetry")
@@ -98,7 +98,7 @@ class Observability(Telemetry):
         self.meter_provider = MeterProvider(
             metric_readers=readers, resource=self.resource, exemplar_filter=AlwaysOffExemplarFilter()
         )
-        self.meter = self.meter_provider.get_meter("aios_grpc.block", __version__)
+        self.meter = self.meter_provider.get_meter("aios_grpc.runtime.adapter", __version__)
         self._define_gauges()
         if tracer_provider is None and tracing_wanted(settings.tracing):
             tracer_provider = tracer_provider_from_env(self.resource)

@@ -24,7 +24,7 @@ from pathlib import Path
 from aios_grpc_client import BlockClient, make_packet
 
 from aios_grpc._pb import pb
-from aios_grpc.adapters.redis_local import LocalRedis
+from aios_grpc.redis.local import LocalRedis
 
 HERE = Path(__file__).resolve().parent
 

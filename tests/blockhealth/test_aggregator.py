@@ -22,7 +22,7 @@ from aios_grpc.blockhealth.settings import load_block_health_settings
 from tests.blockhealth.policies import NeedsInstances
 from tests.conftest import ROOT
 from tests.helpers import wait_for
-from tests.observability.blocks import SwitchableHealth
+from tests.telemetry.blocks import SwitchableHealth
 
 PREFIX = "aios:blockhealth"
 

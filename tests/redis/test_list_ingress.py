@@ -7,7 +7,7 @@ import os
 import time
 
 from aios_grpc._pb import pb
-from aios_grpc.adapters.redis_claims import item_key
+from aios_grpc.redis.claims import item_key
 from tests.blocks.graph import FlakyBlock, StageBlock
 from tests.redis.test_stream_ingress import wait_for
 

@@ -10,8 +10,8 @@ from typing import Any
 
 from aios_grpc_client import BlockClient
 
-from aios_grpc.adapters.redis_claims import ListClaims
-from aios_grpc.adapters.redis_params import ParameterBroadcast
+from aios_grpc.redis.claims import ListClaims
+from aios_grpc.redis.params import ParameterBroadcast
 from tests.blocks.graph import StageBlock
 from tests.redis.test_parameters import Recorder, wait_async
 from tests.redis.test_stream_ingress import wait_for

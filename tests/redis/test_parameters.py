@@ -9,7 +9,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from aios_grpc_client import BlockClient
 
-from aios_grpc.adapters.redis_params import MAX_LEN, ParameterBroadcast
+from aios_grpc.redis.params import MAX_LEN, ParameterBroadcast
 from tests.blocks.graph import StageBlock
 from tests.redis.test_stream_ingress import wait_for
 

@@ -8,11 +8,11 @@ import time
 import pytest
 
 from aios_grpc import BlockEvents, BlockSideCars, SessionsManager, StateDict
-from aios_grpc.adapters.redis_local import free_port
-from aios_grpc.adapters.redis_queue import RedisListQueue, sidecar_url
-from aios_grpc.adapters.redis_state import RedisStateStore
 from aios_grpc.context import Context
 from aios_grpc.packet import AIOSPacket
+from aios_grpc.redis.local import free_port
+from aios_grpc.redis.queue import RedisListQueue, sidecar_url
+from aios_grpc.redis.state import RedisStateStore
 from aios_grpc.settings import Settings
 
 

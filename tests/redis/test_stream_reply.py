@@ -9,8 +9,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from aios_grpc._pb import pb
-from aios_grpc.ingress.stream import StreamIngress
-from aios_grpc.scheduler.job import Job, Kind, Result
+from aios_grpc.job import Job, Kind, Result
+from aios_grpc.redis.stream_ingress import StreamIngress
 
 
 class Answering:

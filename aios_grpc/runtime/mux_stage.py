@@ -1,0 +1,185 @@
+"""``MuxStage``: merges the packets of a ``Muxer(N)`` group into one job.
+
+A group is every packet with one ``(session_id, seq_no)``, from any stream. When
+its N-th packet arrives the group becomes one job whose packet's ``data`` is
+``{"inputs": [<data of each member>, ...]}`` in arrival order and whose files are
+the members' files concatenated.
+
+Who gets what (the rule, also in docs/scheduler.md): partial outputs and the
+terminal result with the output go to the member that completed the group (the
+N-th to arrive), unless the output is routed elsewhere by its ``output_ptr``, which
+is the completing member's. Every other member gets a terminal OK without output at
+the same moment; on an error every member gets the same error.
+
+A group still incomplete ``timeout_s`` after its first packet is evicted and each
+member is answered DEADLINE_EXCEEDED saying how many of N arrived. At most
+``max_open_groups`` groups wait at once; a packet that would open one more is
+answered RESOURCE_EXHAUSTED (retryable), never dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aios_grpc.errors import DeadlineExceeded, InvalidPacket, ResourceExhausted, Unavailable
+from aios_grpc.grouping import Muxer
+from aios_grpc.job import Job, Kind, Result
+from aios_grpc.packet import AIOSPacket
+
+Answer = Callable[[Job, Result], None]
+
+
+@dataclass(eq=False)
+class _Group:
+    key: tuple[str, int]
+    members: list[Job] = field(default_factory=list)
+    inputs: list[object] = field(default_factory=list)
+    timer: asyncio.TimerHandle | None = None
+
+
+class MuxStage:
+    """Open muxer groups for one scheduler."""
+
+    def __init__(
+        self,
+        muxer: Muxer,
+        answer: Answer,
+        timeout_s: float,
+        max_open_groups: int,
+        on_groups: Callable[[int], None] | None = None,
+    ) -> None:
+        self.n = muxer.N
+        self.timeout_s = timeout_s
+        self.max_open_groups = max_open_groups
+        self._answer = answer
+        self._groups: dict[tuple[str, int], _Group] = {}
+        self._on_groups = on_groups  # told the number of open groups when evictions change it
+        self.evicted = 0
+
+    @property
+    def open_groups(self) -> int:
+        """Groups waiting for more packets."""
+        return len(self._groups)
+
+    def add(self, job: Job) -> Job | None:
+        """Add one admitted packet; the merged job when this packet completed its group."""
+        packet = job.packet
+        try:
+            data = packet.json()
+        except ValueError as exc:
+            # A member that cannot be merged fails alone; the group keeps waiting for a good one.
+            self._answer(
+                job, Result(Kind.ERROR, error=InvalidPacket(f"packet data is not valid JSON: {exc}", stage="mux"))
+            )
+            return None
+        key = (packet.session_id, packet.seq_no)
+        group = self._groups.get(key)
+        if group is None:
+            if len(self._groups) >= self.max_open_groups:
+                self._answer(
+                    job,
+                    Result(
+                        Kind.ERROR,
+                        error=ResourceExhausted(
+                            f"muxer has {len(self._groups)} open groups, the most allowed "
+                            "(Muxer max_open_groups / AIOS_MUX_MAX_OPEN_GROUPS); retry later",
+                            stage="mux",
+                        ),
+                    ),
+                )
+                return None
+            group = self._groups[key] = _Group(key)
+            group.timer = asyncio.get_running_loop().call_later(self.timeout_s, self._expire, key)
+        group.members.append(job)
+        group.inputs.append(data)
+        if len(group.members) < self.n:
+            return None
+        del self._groups[key]
+        if group.timer is not None:
+            group.timer.cancel()
+        return self._merge(group)
+
+    def _merge(self, group: _Group) -> Job:
+        members = group.members
+        last = members[-1]
+        files = [f for m in members for f in m.packet.files]
+        headers: dict[str, str] = {}
+        for m in members:
+            headers.update(m.packet.headers)
+        packet = AIOSPacket(
+            session_id=last.packet.session_id,
+            seq_no=last.packet.seq_no,
+            data={"inputs": group.inputs},
+            ts=last.packet.ts,
+            output_ptr=last.packet.output_ptr,
+            files=files,
+            headers=headers,
+        )
+        deadlines = [m.deadline for m in members if m.deadline]
+        return Job(
+            packet,
+            _FanOut(members),
+            received=min(m.received for m in members),
+            deadline=min(deadlines) if deadlines else 0.0,
+            members=members,
+            source=last.source,
+            trace=last.trace,
+        )
+
+    def _expire(self, key: tuple[str, int]) -> None:
+        group = self._groups.pop(key, None)
+        if group is None:
+            return
+        self.evicted += 1
+        if self._on_groups is not None:
+            self._on_groups(len(self._groups))
+        error = DeadlineExceeded(
+            f"muxer group (session {key[0]!r}, seq_no {key[1]}) incomplete after {self.timeout_s:g}s: "
+            f"{len(group.members)} of {self.n} packets arrived",
+            stage="mux",
+        )
+        self._fail(group, error)
+
+    def flush(self, reason: str) -> None:
+        """Answer every member of every open group UNAVAILABLE (used by drain)."""
+        groups, self._groups = self._groups, {}
+        if self._on_groups is not None:
+            self._on_groups(0)
+        for group in groups.values():
+            if group.timer is not None:
+                group.timer.cancel()
+            error = Unavailable(
+                f"{reason}: muxer group (session {group.key[0]!r}, seq_no {group.key[1]}) had "
+                f"{len(group.members)} of {self.n} packets",
+                stage="mux",
+            )
+            self._fail(group, error)
+
+    def _fail(self, group: _Group, error: Exception) -> None:
+        """Answer every member of ``group`` with the same error."""
+        result = Result(Kind.ERROR, error=error)
+        for member in group.members:
+            self._answer(member, result)
+
+    def info(self) -> dict[str, object]:
+        """Settings as GetInfo reports them."""
+        return {"n": self.n, "timeout_s": self.timeout_s, "max_open_groups": self.max_open_groups}
+
+
+class _FanOut:
+    """The reply of a merged job: answers each member (see the module's rule)."""
+
+    __slots__ = ("members",)
+
+    def __init__(self, members: list[Job]) -> None:
+        self.members = members
+
+    def __call__(self, result: Result) -> None:
+        completer = self.members[-1]
+        if result.terminal:
+            others = result if result.kind is Kind.ERROR else Result(Kind.OK)
+            for member in self.members[:-1]:
+                member.reply(others)
+        completer.reply(result)
