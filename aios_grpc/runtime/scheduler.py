@@ -100,9 +100,10 @@ class Scheduler:
         self.block = block
         self.settings = settings
         self.telemetry = telemetry or Telemetry()
-        self.router = router or Router()
-        # Whether outputs may go anywhere but back to the caller (Router.wants overridden).
-        self._routed = type(self.router).wants is not Router.wants
+        # None: every output goes back to the caller. A router is asked per job
+        # (``wants``), so the bulk answer path also runs in a served block, whose
+        # GraphRouter routes only the packets that name an ``output_ptr``.
+        self.router = router
         self.executor = executor or self.make_executor(settings)
         self.muxer: Muxer | None = None
         self.batcher: Batcher | None = None
@@ -252,7 +253,8 @@ class Scheduler:
                 job = self._queue.get_nowait()
                 self.answer(job, Result(Kind.ERROR, error=Unavailable("server is shutting down", stage="queue")))
         self.executor.shutdown(wait=False, cancel_futures=True)
-        await self.router.close()
+        if self.router is not None:
+            await self.router.close()
 
     # -- ingress ---------------------------------------------------------------------
 
@@ -415,15 +417,15 @@ class Scheduler:
         The usual outcomes, one output each back to the caller, are answered in one
         step (``answer_each``); any other outcome in the lot sends each through ``_finish``.
         """
-        if not self._routed:
-            results = []
-            for outcome in outcomes:
-                if type(outcome) is not list or len(outcome) != 1:
-                    break
-                results.append(Result(_OK, outcome[0]))
-            else:
-                self.answer_each(jobs, results)
-                return
+        router = self.router
+        results = []
+        for job, outcome in zip(jobs, outcomes, strict=True):
+            if type(outcome) is not list or len(outcome) != 1 or (router is not None and router.wants(job)):
+                break
+            results.append(Result(_OK, outcome[0]))
+        else:
+            self.answer_each(jobs, results)
+            return
         for job, outcome in zip(jobs, outcomes, strict=True):
             self._finish(job, outcome)
 
@@ -476,7 +478,7 @@ class Scheduler:
         if gate.finished:
             result.drop()  # the job is answered: nothing may follow its terminal result
             return
-        if self.router.wants(job):
+        if self._routes(job):
             # A routed packet streams each output downstream as it comes; the place is
             # free once the target took it.
             tasks = self._partial_routes.setdefault(job, [])
@@ -499,7 +501,13 @@ class Scheduler:
         if previous is not None:
             # One after the other, so that a target receives the stream in order.
             await asyncio.wait([previous])
+        assert self.router is not None
         return await self.router.route(job, [output])
+
+    def _routes(self, job: Job) -> bool:
+        """Whether ``job``'s outputs go through the router (False: straight back to the caller)."""
+        router = self.router
+        return router is not None and router.wants(job)
 
     def _send_partial(self, job: Job, output: AIOSPacket) -> None:
         try:
@@ -734,7 +742,7 @@ class Scheduler:
                 log.error("packet %s/%s failed: %r", job.packet.session_id, job.packet.seq_no, res)
             self.answer(job, Result(Kind.ERROR, error=res))
             return
-        if self.router.wants(job):
+        if self._routes(job):
             task = asyncio.create_task(self._route(job, res))
             self._side_tasks.add(task)
             task.add_done_callback(self._side_tasks.discard)
@@ -749,6 +757,7 @@ class Scheduler:
                 if isinstance(streamed, BaseException):
                     raise streamed
                 back.extend(streamed)
+            assert self.router is not None
             back.extend(await self.router.route(job, outputs))
         except Exception as exc:
             self.answer(job, Result(Kind.ERROR, error=exc))

@@ -116,3 +116,26 @@ def test_packets_answered_records_what_packet_answered_records() -> None:
 
     Own(load_settings(metrics_port=-1)).packets_answered(jobs, results)
     assert Own.seen == [0, 1, 2, 3, 4]  # an override of the per-packet hook still sees every packet
+
+
+def test_a_served_block_with_its_graph_router_answers_a_chunk_in_one_step(serve, monkeypatch) -> None:
+    """BlockServer installs GraphRouter; packets with an empty output_ptr still take the bulk path."""
+    from aios_grpc_client import BlockClient, make_packet
+
+    from aios_grpc.routing import GraphRouter
+
+    lots: list[int] = []
+    original = Scheduler.answer_each
+
+    def counting(self: Scheduler, jobs: Any, results: Any) -> None:
+        lots.append(len(jobs))
+        original(self, jobs, results)
+
+    monkeypatch.setattr(Scheduler, "answer_each", counting)
+    served = serve(Echo)
+    assert isinstance(served.server.router, GraphRouter)
+    with BlockClient(served.address) as client:
+        packets = [make_packet({"n": k}, session_id="s", seq_no=k) for k in range(1, 41)]
+        results = [r for r in client.process(packets, timeout=60) if r.terminal]
+    assert len(results) == 40 and all(r.ok for r in results)
+    assert sum(lots) == 40  # every packet answered through answer_each, none one by one
