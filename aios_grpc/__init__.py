@@ -22,6 +22,7 @@ import json
 import time
 
 from aios_grpc._version import __version__
+from aios_grpc.block import Block
 from aios_grpc.context import Context
 from aios_grpc.errors import (
     AiosError,
@@ -42,7 +43,7 @@ from aios_grpc.events import BlockEvents, BlockSideCars
 from aios_grpc.grouping import Batcher, Muxer, TimeBasedBatcher
 from aios_grpc.metrics import AIOSMetrics
 from aios_grpc.packet import AIOSPacket, FileInfo, OnDataResult, PreProcessResult
-from aios_grpc.server import Block, BlockServer
+from aios_grpc.server import BlockServer
 from aios_grpc.settings import Settings, load_settings
 from aios_grpc.state import SessionsManager, StateDict
 from aios_grpc.testing import BlockTester, TestContext

@@ -22,8 +22,8 @@ from aios_grpc.errors import AiosError, ConfigurationError
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from aios_grpc.block import Block
     from aios_grpc.loader import load_block_class
-    from aios_grpc.server import Block
 
     overrides: dict[str, Any] = {}
     for name in ("host", "port", "workers"):

@@ -1,7 +1,8 @@
-"""``BlockServer`` (the asyncio server of one block instance) and ``Block`` (its runner).
+"""``BlockServer``: the asyncio server of one block instance, and the composition root.
 
->>> # Block(MyBlock).run()          # serve on AIOS_HOST:AIOS_PORT until SIGTERM
->>> # Block(MyBlock, port=0).run()  # settings can be overridden from code
+It builds the runtime (block adapter, scheduler, control plane), the gRPC transport
+(servicer, health, reflection), the Redis wiring, the router and telemetry.
+``aios_grpc.block.Block`` is the runner users call.
 
 Start-up order: the gRPC server starts first and reports NOT_SERVING, the block's
 ``__init__`` runs in a worker thread (a slow model load never blocks probes), then
@@ -17,11 +18,8 @@ import asyncio
 import errno
 import gc
 import logging
-import os
-import signal
 import socket
 import sys
-import threading
 from typing import Any
 
 import grpc
@@ -239,60 +237,6 @@ class BlockServer:
         await self._stopped.wait()
 
 
-class Block:
-    """Serve a block class: ``Block(MyBlock).run()``.
-
-    Keyword arguments override settings from the environment, e.g.
-    ``Block(MyBlock, port=50052, workers=8)``.
-    """
-
-    def __init__(self, block_class: type[Any], **settings: Any) -> None:
-        self.block_class = block_class
-        self.settings = load_settings(**settings)
-        self.server: BlockServer | None = None
-
-    def run(self) -> None:
-        """Serve until SIGTERM or SIGINT, then drain and return."""
-        configure_logging(self.settings.log_level)
-        asyncio.run(self.serve())
-        # A block call still running past the grace period must not hold the exit: the
-        # interpreter would otherwise wait for its worker thread at shutdown.
-        busy = [t for t in threading.enumerate() if t.name.startswith("aios-block") and t.is_alive()]
-        for thread in busy:
-            thread.join(0.2)
-        if any(t.is_alive() for t in busy):
-            log.warning("block code still running after the grace period; exiting without waiting for it")
-            logging.shutdown()
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(0)
-
-    async def serve(self) -> None:
-        """The coroutine behind ``run()``, for callers that own the event loop."""
-        server = self.server = BlockServer(self.block_class, self.settings)
-        loop = asyncio.get_running_loop()
-        signals = 0
-        stopping: list[asyncio.Future[None]] = []  # keeps the drain task referenced
-
-        def on_signal(signum: int) -> None:
-            nonlocal signals
-            signals += 1
-            if signals > 1:
-                log.warning("second %s: exiting now", signal.Signals(signum).name)
-                os._exit(1)
-            log.info("%s received", signal.Signals(signum).name)
-            stopping.append(asyncio.ensure_future(server.stop()))
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, on_signal, sig)
-        try:
-            await server.start()
-        except Exception:
-            await server.stop(0)
-            raise
-        await server.wait()
-
-
 def _bind_problem(host: str, port: int) -> str:
     """Why grpc could not bind ``host:port`` (empty when it should, or when unsure)."""
     try:
@@ -326,4 +270,4 @@ def configure_logging(level: str) -> None:
     logger.propagate = False
 
 
-__all__ = ["Block", "BlockServer", "configure_logging"]
+__all__ = ["BlockServer", "configure_logging"]
