@@ -13,6 +13,9 @@
     │   ├── DeadlineExceeded     DEADLINE_EXCEEDED (retryable)
     │   ├── ResourceExhausted    RESOURCE_EXHAUSTED (retryable)
     │   ├── Unavailable          UNAVAILABLE (retryable)
+    │   │   ├── LinkUnavailable     a downstream target stayed unreachable (routing)
+    │   │   └── PartialsAbandoned   a streaming producer's partials go nowhere any more
+    │   ├── DownstreamError      a downstream block's error, its code passed on (routing)
     │   └── PermissionDenied     PERMISSION_DENIED
     ├── ParametersRejected       SetParameters: on_update refused (INVALID_ARGUMENT)
     └── UnknownAction            Management: action not handled (UNIMPLEMENTED)
@@ -101,6 +104,26 @@ class Unavailable(PacketError):
 
     code = grpc.StatusCode.UNAVAILABLE
     retryable = True
+
+
+class LinkUnavailable(Unavailable):
+    """A routing target could not take the packet within the retry time."""
+
+    def __init__(self, message: str, *, stage: str = "route", retryable: bool | None = None) -> None:
+        super().__init__(message, stage=stage, retryable=retryable)
+
+
+class PartialsAbandoned(Unavailable):
+    """Raised in a streaming ``on_data`` producer whose packet's partials go nowhere any more
+    (the caller's stream closed, or the packet was answered); the generator is closed."""
+
+
+class DownstreamError(PacketError):
+    """A downstream block answered an output with an error; its code is passed on."""
+
+    def __init__(self, message: str, code: grpc.StatusCode, retryable: bool) -> None:
+        super().__init__(message, stage="route", retryable=retryable)
+        self.code = code
 
 
 class PermissionDenied(PacketError):

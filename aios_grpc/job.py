@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
-from aios_grpc.errors import Unavailable
 from aios_grpc.packet import AIOSPacket
 
 
@@ -103,11 +102,6 @@ class Job:
     # Set by Scheduler.answer: a later terminal answer (a chunk cancelled after some of
     # its jobs were answered) is dropped, so each job is answered and counted once.
     answered: bool = False
-
-
-class PartialsAbandoned(Unavailable):
-    """Raised in a streaming ``on_data`` producer whose packet's partials go nowhere any more
-    (the caller's stream closed, or the packet was answered); the generator is closed."""
 
 
 class PartialGate:

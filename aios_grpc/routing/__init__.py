@@ -8,8 +8,9 @@
 
 from __future__ import annotations
 
+from aios_grpc.errors import DownstreamError
 from aios_grpc.routing.base import Router
-from aios_grpc.routing.graph import DownstreamError, GraphRouter
+from aios_grpc.routing.graph import GraphRouter
 from aios_grpc.routing.pointer import Plan, Target, parse_output_ptr
 from aios_grpc.routing.policy import AllowList, Backoff
 

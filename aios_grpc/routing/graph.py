@@ -22,14 +22,13 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING, TypeVar
 
-import grpc
 from redis.exceptions import ResponseError as RedisResponseError
 
 from aios_grpc.converters import code_from_number, packet_from_proto, packet_to_proto
-from aios_grpc.errors import DeadlineExceeded, InvalidPacket, PacketError, Unavailable
+from aios_grpc.errors import DeadlineExceeded, DownstreamError, InvalidPacket, LinkUnavailable, Unavailable
 from aios_grpc.packet import AIOSPacket
 from aios_grpc.routing.base import Router
-from aios_grpc.routing.grpc_link import GrpcLink, LinkUnavailable
+from aios_grpc.routing.grpc_link import GrpcLink
 from aios_grpc.routing.pointer import GRPC, Target, parse_output_ptr
 from aios_grpc.routing.policy import AllowList, Backoff
 from aios_grpc.routing.redis_link import RedisLink
@@ -46,14 +45,6 @@ HOPS_HEADER = "aios-hops"
 """Packet header counting the blocks a routed packet went through."""
 MAX_HOPS = 64
 """Most hops a routed packet may take: a graph with a cycle would otherwise loop for ever."""
-
-
-class DownstreamError(PacketError):
-    """A downstream block answered an output with an error; its code is passed on."""
-
-    def __init__(self, message: str, code: grpc.StatusCode, retryable: bool) -> None:
-        super().__init__(message, stage="route", retryable=retryable)
-        self.code = code
 
 
 class GraphRouter(Router):
@@ -176,7 +167,7 @@ class GraphRouter(Router):
                 f"target {target.describe()} did not answer within {self.retry_timeout_s + self.answer_timeout_s:g}s",
                 stage="route",
             ) from None
-        if result.kind == 2:
+        if result.kind == pb.RESULT_KIND_ERROR:
             code = code_from_number(result.error.code)
             raise DownstreamError(
                 f"target {target.describe()} answered {code.name}: {result.error.message}",
@@ -248,4 +239,4 @@ def _hops(text: str) -> int:
         return 0
 
 
-__all__ = ["HOPS_HEADER", "MAX_HOPS", "DownstreamError", "GraphRouter"]
+__all__ = ["HOPS_HEADER", "MAX_HOPS", "GraphRouter"]

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from aios_grpc._pb import pb, pb_grpc
+from aios_grpc.errors import LinkUnavailable
 from aios_grpc.routing.policy import Backoff
 
 log = logging.getLogger("aios_grpc.routing")
@@ -35,10 +36,6 @@ RETRYABLE = {grpc.StatusCode.UNAVAILABLE.value[0], grpc.StatusCode.RESOURCE_EXHA
 
 
 _MAX_PER_MESSAGE = 64
-
-
-class LinkUnavailable(Exception):
-    """The target could not take the packet within the retry time."""
 
 
 @dataclass(eq=False)
@@ -298,7 +295,11 @@ class GrpcLink:
                 state["answered"] = True
                 if item is None or item.future.done():
                     continue  # its caller gave up: nobody to answer
-                if result.kind == 2 and result.error.code in RETRYABLE and loop.time() < item.deadline:
+                if (
+                    result.kind == pb.RESULT_KIND_ERROR
+                    and result.error.code in RETRYABLE
+                    and loop.time() < item.deadline
+                ):
                     # The downstream is draining or full: send again after a pause.
                     delay = self.backoff.delay(item.attempts)
                     item.parked = True
@@ -348,4 +349,4 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-__all__ = ["GrpcLink", "LinkUnavailable"]
+__all__ = ["GrpcLink"]

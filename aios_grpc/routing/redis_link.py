@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from aios_grpc.routing.grpc_link import LinkUnavailable
+from aios_grpc.errors import LinkUnavailable
 from aios_grpc.routing.pointer import REDIS_STREAM
 from aios_grpc.routing.policy import Backoff
 

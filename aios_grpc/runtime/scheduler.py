@@ -42,6 +42,7 @@ from aios_grpc.errors import (
     DeadlineExceeded,
     PacketError,
     ParametersRejected,
+    PartialsAbandoned,
     ResourceExhausted,
     Unavailable,
 )
@@ -52,7 +53,6 @@ from aios_grpc.job import (
     Kind,
     Partial,
     PartialGate,
-    PartialsAbandoned,
     Result,
     wake_first,
 )

@@ -19,11 +19,11 @@ import grpc
 import pytest
 
 from aios_grpc._pb import pb, pb_grpc
-from aios_grpc.errors import DeadlineExceeded
+from aios_grpc.errors import DeadlineExceeded, LinkUnavailable
 from aios_grpc.job import Job
 from aios_grpc.packet import AIOSPacket
 from aios_grpc.routing import AllowList, GraphRouter
-from aios_grpc.routing.grpc_link import GrpcLink, LinkUnavailable
+from aios_grpc.routing.grpc_link import GrpcLink
 from aios_grpc.routing.policy import Backoff
 
 
