@@ -44,8 +44,9 @@ from typing import TYPE_CHECKING, Any
 
 from aios_grpc.errors import BlockCodeError, ConfigurationError, PacketError, Unavailable
 from aios_grpc.grouping import Batcher
-from aios_grpc.job import Job, JobQueue, Kind, Result
+from aios_grpc.job import Job, Kind, Result
 from aios_grpc.packet import AIOSPacket, OnDataResult, PreProcessResult
+from aios_grpc.runtime.queue import JobQueue
 
 if TYPE_CHECKING:
     from aios_grpc.runtime.scheduler import Scheduler

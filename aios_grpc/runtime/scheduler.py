@@ -49,18 +49,17 @@ from aios_grpc.errors import (
 from aios_grpc.grouping import Batcher, Muxer
 from aios_grpc.job import (
     Job,
-    JobQueue,
     Kind,
     Partial,
     PartialGate,
     Result,
-    wake_first,
 )
 from aios_grpc.packet import AIOSPacket, OnDataResult
 from aios_grpc.routing import Router
 from aios_grpc.runtime.adapter import BlockAdapter
 from aios_grpc.runtime.batch_stage import BatchStage
 from aios_grpc.runtime.mux_stage import MuxStage
+from aios_grpc.runtime.queue import JobQueue, wake_first
 from aios_grpc.runtime.watchdog import LoopWatchdog
 from aios_grpc.settings import Settings
 from aios_grpc.telemetry import Telemetry
@@ -262,6 +261,11 @@ class Scheduler:
     def queue_depth(self) -> int:
         """Jobs waiting for a worker."""
         return self._queue.qsize() if self._queue is not None else 0
+
+    def note_pipelined(self, count: int) -> None:
+        """``count`` packets arrived behind unanswered packets of their stream (a pipelining
+        client): the workers' gather waits a little for more (see ``_gather``)."""
+        self.pipelined_arrivals += count
 
     async def submit(self, job: Job) -> None:
         """Queue a job, waiting while the queue is full (backpressure)."""

@@ -376,7 +376,7 @@ class _Stream:
                     taken += 1
                     packet = packet_from_proto(msg)
                     if replies.open_slots:
-                        scheduler.pipelined_arrivals += 1
+                        scheduler.note_pipelined(1)
                     deadline = stream_deadline
                     if packet.deadline:
                         # The packet's own deadline is wall-clock; turn it into monotonic time.
@@ -410,7 +410,7 @@ class _Stream:
         """The jobs of a request's packets, each with its reply slot (its window place is taken)."""
         replies = self.replies
         # Each packet after the first is read behind an unanswered one (its predecessor).
-        self.scheduler.pipelined_arrivals += len(messages) if replies.open_slots else len(messages) - 1
+        self.scheduler.note_pipelined(len(messages) if replies.open_slots else len(messages) - 1)
         slot = replies.slot
         stream_deadline = self.deadline
         trace = self.trace

@@ -6,8 +6,9 @@ import asyncio
 
 import pytest
 
-from aios_grpc.job import Job, JobQueue
+from aios_grpc.job import Job
 from aios_grpc.packet import AIOSPacket
+from aios_grpc.runtime.queue import JobQueue
 
 
 def _job(n: int) -> Job:

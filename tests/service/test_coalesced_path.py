@@ -17,10 +17,11 @@ import pytest
 from aios_grpc import OnDataResult
 from aios_grpc._pb import pb
 from aios_grpc.converters import packet_from_proto
-from aios_grpc.job import Job, JobQueue, Kind, Result
+from aios_grpc.job import Job, Kind, Result
 from aios_grpc.packet import AIOSPacket, FileInfo
 from aios_grpc.runtime import Scheduler
 from aios_grpc.runtime.adapter import BlockAdapter
+from aios_grpc.runtime.queue import JobQueue
 from aios_grpc.service.servicer import BlockServicer
 from aios_grpc.settings import load_settings
 from aios_grpc.telemetry import Observability, Telemetry
