@@ -1,13 +1,17 @@
-"""Ingress other than the Process stream: packets from Redis, delivered at least once.
+"""Everything Redis: ingress, at-least-once claims, parameters, state, queues, retries.
 
-- ``StreamIngress`` (stream.py): a Redis Stream read through a consumer group.
-- ``ListIngress`` (list.py): the original executor's list queues, made reliable.
+Only this package (and ``aios_grpc.routing.redis_link`` for egress) talks to Redis;
+the runtime never imports it. Importing the package imports nothing: take what you
+need from its modules.
+
+- ``StreamIngress`` (stream_ingress.py): a Redis Stream read through a consumer group.
+- ``ListIngress`` (list_ingress.py): the original executor's list queues, made reliable;
+  ``_ingress.py`` holds what both ingresses share (decoding, backoff, the in-flight window).
+- ``ListClaims`` (claims.py): taking list items so that a crash loses none of them.
+- ``ParameterBroadcast`` (params.py): SetParameters on one instance reaches every instance.
+- ``RedisStateStore`` (state.py) and ``RedisListQueue`` (queue.py): the Redis
+  implementations of the ``StateStore`` and ``ListQueue`` seams (``aios_grpc.adapters``).
+- ``pause`` and ``TRANSIENT`` (retry.py): the back-off after transient Redis errors.
 - ``RedisWiring`` (wiring.py): builds the Redis-backed pieces of a server from settings.
+- ``LocalRedis`` (local.py): a throw-away valkey-server for tests, examples and benchmarks.
 """
-
-from __future__ import annotations
-
-from aios_grpc.redis.list_ingress import ListIngress
-from aios_grpc.redis.stream_ingress import StreamIngress
-
-__all__ = ["ListIngress", "StreamIngress"]

@@ -22,7 +22,8 @@ from aios_grpc.settings import Settings
 from aios_grpc.state import SessionsManager
 
 if TYPE_CHECKING:
-    from aios_grpc.redis import ListIngress, StreamIngress
+    from aios_grpc.redis.list_ingress import ListIngress
+    from aios_grpc.redis.stream_ingress import StreamIngress
     from aios_grpc.runtime.control import ControlPlane
     from aios_grpc.runtime.scheduler import Scheduler
 
@@ -67,7 +68,8 @@ class RedisWiring:
 
     async def start(self, scheduler: Scheduler, control: ControlPlane) -> None:
         """Start the broadcast (before SERVING, so no update is missed) and the ingresses."""
-        from aios_grpc.redis import ListIngress, StreamIngress
+        from aios_grpc.redis.list_ingress import ListIngress
+        from aios_grpc.redis.stream_ingress import StreamIngress
 
         s = self.settings
         if s.redis_broadcast_parameters or s.redis_parameter_updates:
