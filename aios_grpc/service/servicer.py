@@ -93,7 +93,7 @@ class BlockServicer(pb_grpc.BlockServiceServicer):
                     break
                 if not stream.coalesce:
                     response = pb.ProcessResponse()
-                    _fill_result(response.result, item)
+                    _fill_results(lambda: response.result, (item,))  # noqa: B023  (called at once)
                     try:
                         yield response
                     except BaseException:
@@ -461,25 +461,12 @@ def _draining() -> Result:
     return Result(Kind.ERROR, error=Unavailable("block is draining; retry on another instance", stage="queue"))
 
 
-def _fill_result(msg: pb.PacketResult, item: tuple[str, int, Result]) -> None:
-    """Set ``msg`` (inside the response being built) from one ``(session_id, seq_no, result)``."""
-    session_id, seq_no, result = item
-    if session_id:
-        msg.session_id = session_id
-    if seq_no:
-        msg.seq_no = seq_no
-    msg.kind = _KIND_NUMBER[result.kind]  # type: ignore[assignment]  # Kind's numbers are ResultKind's
-    if result.output is not None:
-        fill_packet(msg.output, result.output)
-    if result.error is not None:
-        msg.error.CopyFrom(error_to_proto(result.error))
-
-
-def _fill_results(add: Any, items: list[tuple[str, int, Result]]) -> list[Result] | None:
-    """``_fill_result`` for each of a response's items, each into ``add()``; the partials among them, if any."""
+def _fill_results(add: Any, items: Sequence[tuple[str, int, Result]]) -> list[Result] | None:
+    """Fill one ``PacketResult`` from each ``(session_id, seq_no, result)``, each into ``add()``
+    (``response.results.add``, or ``lambda: response.result`` for a lone result); the partials
+    among them, if any. The one body for both response forms."""
     partials = None
     for session_id, seq_no, result in items:
-        # _fill_result spelled out: this runs once per result of a coalesced stream.
         msg = add()
         if session_id:
             msg.session_id = session_id

@@ -220,10 +220,10 @@ def test_packet_from_proto_copies_every_file(files: list[tuple[str, bytes]]) -> 
 
 
 def test_results_keep_their_kind_number() -> None:
-    from aios_grpc.service.servicer import _fill_result, _fill_results
+    from aios_grpc.service.servicer import _fill_results
 
     for kind in Kind:
         response = pb.ProcessResponse()
         _fill_results(response.results.add, [("s", 1, Result(kind))])
-        _fill_result(response.result, ("s", 1, Result(kind)))
+        _fill_results(lambda: response.result, [("s", 1, Result(kind))])  # noqa: B023  (called at once)
         assert response.results[0].kind == response.result.kind == int(kind)
