@@ -379,9 +379,7 @@ class _Stream:
                         scheduler.note_pipelined(1)
                     deadline = stream_deadline
                     if packet.deadline:
-                        # The packet's own deadline is wall-clock; turn it into monotonic time.
-                        own = time.monotonic() + (packet.deadline - time.time())
-                        deadline = min(deadline, own) if deadline else own
+                        deadline = _deadline(packet.deadline, stream_deadline, time.monotonic())
                     job = Job(
                         packet,
                         replies.slot(packet.session_id, packet.seq_no),
@@ -420,9 +418,7 @@ class _Stream:
             packet = packet_from_proto(msg)
             deadline = stream_deadline
             if packet.deadline:
-                # The packet's own deadline is wall-clock; turn it into monotonic time.
-                own = now + (packet.deadline - time.time())
-                deadline = min(deadline, own) if deadline else own
+                deadline = _deadline(packet.deadline, stream_deadline, now)
             # Positional, in field order: packet, reply, received, deadline, members, source, trace.
             jobs.append(Job(packet, slot(packet.session_id, packet.seq_no), now, deadline, None, "grpc", trace))
         return jobs
@@ -454,6 +450,13 @@ class _Stream:
         if self.reader is not None and not self.reader.done():
             self.stopping = True
             self.reader.cancel()
+
+
+def _deadline(wall_clock: float, stream_deadline: float, now: float) -> float:
+    """A packet's own (wall-clock) deadline as ``time.monotonic()`` time, the stream's if that
+    comes first (0: the stream has none). Only called for packets that carry a deadline."""
+    own = now + (wall_clock - time.time())
+    return min(stream_deadline, own) if stream_deadline else own
 
 
 def _draining() -> Result:
