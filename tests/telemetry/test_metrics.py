@@ -95,7 +95,8 @@ def test_in_flight_and_queue_depth_are_live(serve: Any) -> None:
 
 
 def test_user_metrics_through_aiosmetrics(serve: Any) -> None:
-    served = serve(MeteredBlock)
+    # One worker: a gauge keeps the last value set, and two threads may set it in either order.
+    served = serve(MeteredBlock, workers=1)
     inputs = [{"camera": "front", "objects": 1}, {"camera": "front", "objects": 3}, {"camera": "rear", "objects": 7}]
     with BlockClient(served.address) as client:
         assert all(r.ok for r in client.process(inputs, timeout=30) if r.terminal)
