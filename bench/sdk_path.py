@@ -47,13 +47,36 @@ class _Context:
         return ()
 
 
-async def _run(packets: int) -> float:
-    """CPU seconds for ``packets`` packets through one Process stream."""
+class BatchedBlock:
+    """The trivial block over ``on_batch`` with ``Batcher(32)``: the batch path's own cost shows most."""
+
+    def __init__(self, context: Any) -> None:
+        self.context = context
+
+    def get_batcher(self) -> Any:
+        from aios_grpc.grouping import Batcher
+
+        return Batcher(32)
+
+    def on_batch(self, entries: list[Any]) -> list[Any]:
+        from aios_grpc import OnDataResult
+
+        return [(True, OnDataResult(output=entry.packet.data)) for entry in entries]
+
+
+async def _run(packets: int, block: str = "plain") -> float:
+    """CPU seconds for ``packets`` packets through one Process stream of ``block`` ("plain" or "batched").
+
+    The stack is built as ``aios_grpc.server.BlockServer`` builds it (settings, context,
+    telemetry, ``GraphRouter.from_settings``, instrumented adapter, scheduler with the
+    router); only the chunks of a plain block run on the loop instead of the thread pool.
+    """
     os.environ.setdefault("AIOS_METRICS_PORT", "-1")
     from _harness import TrivialBlock
 
     from aios_grpc._pb import pb
-    from aios_grpc.job import Kind, Result
+    from aios_grpc.context import Context
+    from aios_grpc.routing import GraphRouter
     from aios_grpc.runtime import Scheduler
     from aios_grpc.runtime import scheduler as core
     from aios_grpc.runtime.adapter import BlockAdapter
@@ -62,22 +85,20 @@ async def _run(packets: int) -> float:
     from aios_grpc.telemetry import make_telemetry
 
     async def inline_run(self: Any, jobs: list[Any]) -> None:
+        # Scheduler._run without the thread hand-off: the same chunk run and answers.
         now = time.monotonic()
         self.telemetry.stages_done(jobs, "queue", [now - job.received for job in jobs])
-        results = self._run_chunk_sync(jobs)
-        for job, res in zip(jobs, results, strict=True):
-            # As Scheduler._run does for an unrouted block: one output rides on the answer.
-            if type(res) is list and len(res) == 1:
-                self.answer(job, Result(Kind.OK, output=res[0]))
-            else:
-                self._finish(job, res)
+        self.answer_outcomes(jobs, self._run_chunk_sync(jobs))
 
     core.Scheduler._run = inline_run  # type: ignore[method-assign]
     settings = load_settings()
+    context = Context.from_settings(settings)
     telemetry = make_telemetry(settings)
-    adapter = BlockAdapter(TrivialBlock(None))
+    router = GraphRouter.from_settings(settings)
+    block_class = BatchedBlock if block == "batched" else TrivialBlock
+    adapter = BlockAdapter(block_class(context))
     telemetry.instrument(adapter)
-    scheduler = Scheduler(adapter, settings, telemetry=telemetry)
+    scheduler = Scheduler(adapter, settings, telemetry=telemetry, router=router)
     await scheduler.configure()
     await scheduler.start()
     servicer = BlockServicer(settings.stream_max_in_flight)
@@ -103,17 +124,19 @@ async def _run(packets: int) -> float:
     return cpu
 
 
-def _instructions(packets: int) -> int:
-    """Instructions callgrind counts for one whole run of this script with ``packets`` packets."""
+def _instructions(packets: int, block: str, out_file: str = "/dev/null") -> int:
+    """Instructions callgrind counts for one whole run of this script with ``packets`` packets of ``block``."""
     out = subprocess.run(
         [
             "valgrind",
             "--tool=callgrind",
-            "--callgrind-out-file=/dev/null",
+            f"--callgrind-out-file={out_file}",
             sys.executable,
             __file__,
             "--packets",
             str(packets),
+            "--block",
+            block,
             "--rounds",
             "1",
             "--quiet",
@@ -134,6 +157,9 @@ def main() -> None:
     parser.add_argument("--packets", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--instructions", action="store_true", help="count instructions with callgrind")
+    parser.add_argument("--block", choices=["plain", "batched"], default="plain", help="block of a timed run")
+    parser.add_argument("--json", metavar="FILE", help="with --instructions: write {plain, batched} per packet")
+    parser.add_argument("--callgrind-out", metavar="PREFIX", help="with --instructions: keep the callgrind files")
     parser.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -142,13 +168,23 @@ def main() -> None:
             raise SystemExit("--instructions needs valgrind")
         many = min(args.packets, 4000)  # callgrind runs ~50x slower
         few = many // 4
-        per_packet = (_instructions(many) - _instructions(few)) / (many - few)
-        print(f"SDK path: {per_packet:,.0f} instructions per packet (callgrind, {few} vs {many} packets)")
+        figures = {}
+        for block in ("plain", "batched"):
+            keep = f"{args.callgrind_out}.{block}.{{}}" if args.callgrind_out else "/dev/null"
+            big = _instructions(many, block, keep.format(many))
+            small = _instructions(few, block, keep.format(few))
+            figures[block] = round((big - small) / (many - few))
+            print(
+                f"SDK path, {block} block: {figures[block]:,} instructions per packet "
+                f"(callgrind, {few} vs {many} packets)"
+            )
+        if args.json:
+            Path(args.json).write_text(json.dumps(figures) + "\n")
         return
-    cpu = [asyncio.run(_run(args.packets)) / args.packets * 1e6 for _ in range(args.rounds)]
+    cpu = [asyncio.run(_run(args.packets, args.block)) / args.packets * 1e6 for _ in range(args.rounds)]
     if not args.quiet:
         print(
-            f"SDK path: {statistics.median(cpu):.1f} CPU us per packet "
+            f"SDK path, {args.block} block: {statistics.median(cpu):.1f} CPU us per packet "
             f"(median of {args.rounds} runs of {args.packets} packets; load {os.getloadavg()[0]:.1f})"
         )
 
