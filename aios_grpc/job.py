@@ -1,14 +1,18 @@
-"""``Job`` and ``Result``: one packet travelling through the runtime, and its answers (``Partial``, ``PartialGate``)."""
+"""``Job`` and ``Result``: one packet travelling through the runtime, and its answers (``Partial``, ``PartialGate``).
+
+``Answerer`` is the seam a runtime stage answers jobs through (the scheduler is one),
+so that a stage needs no import of the scheduler.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any
+from typing import Protocol
 
 from aios_grpc.packet import AIOSPacket
 
@@ -87,6 +91,12 @@ class Job:
     exactly once with a terminal result. ``deadline`` is a ``time.monotonic()``
     instant (0: none). ``members`` is set on a job made by the muxer: the jobs it
     merged, each answered with the merged job's terminal result.
+
+    The field order is pinned (``tests/runtime/test_job_fields.py``): the Process
+    stream builds its jobs positionally (``packet, reply, received, deadline, members,
+    source, trace``), which is measurably cheaper per packet than keywords, so a field
+    added or moved among those would silently shift its arguments. Add new fields at
+    the end and update the test.
     """
 
     packet: AIOSPacket
@@ -95,12 +105,31 @@ class Job:
     deadline: float = 0.0
     members: list[Job] | None = None
     source: str = ""
-    trace: Any = None
+    # The W3C trace context the packet came with from its transport (the Process
+    # stream's metadata), read by telemetry when the packet's own headers carry none.
+    trace: Mapping[str, str] | None = None
     # Set on the job's first partial output (see PartialGate); None for a job that never streams.
-    partials: PartialGate | None = None
+    gate: PartialGate | None = None
     # Set by Scheduler.answer: a later terminal answer (a chunk cancelled after some of
     # its jobs were answered) is dropped, so each job is answered and counted once.
     answered: bool = False
+    # Telemetry's own per-packet state (``Observability``: the packet's open span), set
+    # when the packet is received; None while the packet is not traced.
+    span: object = None
+
+
+# What a job's run came to: its output packets, or the error that answers it.
+Outcome = list[AIOSPacket] | BaseException
+
+
+class Answerer(Protocol):
+    """Where a runtime stage sends its jobs' terminal answers (the scheduler's bookkeeping)."""
+
+    def answer(self, job: Job, result: Result) -> None:
+        """Send ``job``'s terminal result; only the first one counts."""
+
+    def answer_outcomes(self, jobs: Sequence[Job], outcomes: Sequence[Outcome | None]) -> None:
+        """Answer each of ``jobs`` from its outcome (None: answered already)."""
 
 
 class PartialGate:

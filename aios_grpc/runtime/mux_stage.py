@@ -126,6 +126,7 @@ class MuxStage:
             members=members,
             source=last.source,
             trace=last.trace,
+            span=last.span,
         )
 
     def _expire(self, key: tuple[str, int]) -> None:

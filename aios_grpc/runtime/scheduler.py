@@ -436,9 +436,9 @@ class Scheduler:
     def _gate(self, job: Job) -> PartialGate:
         """``job``'s gate, made on its first partial (from a worker thread or the loop)."""
         with self._gate_lock:
-            gate = job.partials
+            gate = job.gate
             if gate is None:
-                gate = job.partials = PartialGate(self.settings.max_unsent_partials)
+                gate = job.gate = PartialGate(self.settings.max_unsent_partials)
             return gate
 
     def _emit_output(self, job: Job, result: OnDataResult) -> Coroutine[Any, Any, None] | None:
@@ -449,7 +449,7 @@ class Scheduler:
         Raises ``PartialsAbandoned`` once the packet's partials go nowhere.
         """
         output = self.output_packet(job, result)
-        gate = job.partials or self._gate(job)
+        gate = job.gate or self._gate(job)
         if threading.get_ident() != self._loop_thread:
             if not gate.take():
                 raise PartialsAbandoned("the caller no longer takes this packet's partial outputs", stage="data")
@@ -527,13 +527,13 @@ class Scheduler:
         for a place wakes up and stops.
         """
         for job in jobs:
-            gate = job.partials or self._gate(job)
+            gate = job.gate or self._gate(job)
             if not gate.finish():  # else its thread answered it already (_finish_streamed)
                 self.answer(job, Result(Kind.ERROR, error=error))
 
     def _finish_streamed(self, job: Job, res: list[AIOSPacket] | BaseException) -> None:
         """``_finish`` for a job that streamed, as it ended (handed over by its worker thread, or async)."""
-        gate = job.partials
+        gate = job.gate
         if gate is not None and gate.finish():
             return  # _answer_chunk answered it already (the worker was cancelled meanwhile)
         self._finish(job, res)
@@ -685,7 +685,7 @@ class Scheduler:
                     out.append([output_packet(job, o) for o in outputs])
             except Exception as exc:
                 out.append(exc)
-            if job.partials is not None:
+            if job.gate is not None:
                 # A job that streamed is answered now, not with the chunk: a later packet
                 # of its session in this chunk holds its partials until this one is
                 # answered, and would wait for places forever.
@@ -702,7 +702,7 @@ class Scheduler:
             res: list[AIOSPacket] | BaseException = [self.output_packet(job, o) for o in outputs]
         except Exception as exc:
             res = exc
-        if job.partials is not None:
+        if job.gate is not None:
             self._finish_streamed(job, res)  # marks it answered, for _answer_chunk
         else:
             self._finish(job, res)

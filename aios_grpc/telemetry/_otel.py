@@ -29,7 +29,7 @@ import functools
 import inspect
 import logging
 import time
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from types import GeneratorType
 from typing import TYPE_CHECKING, Any
 
@@ -56,7 +56,7 @@ from aios_grpc.telemetry._trace import Traced, extract, write_context
 
 if TYPE_CHECKING:
     from aios_grpc.job import Job, Result
-    from aios_grpc.runtime.adapter import BlockAdapter
+    from aios_grpc.metrics import AIOSMetrics
     from aios_grpc.settings import Settings
 
 log = logging.getLogger("aios_grpc.telemetry")
@@ -89,7 +89,7 @@ class Observability(Telemetry):
         self.resource = Resource.create(
             {"service.name": settings.block_id, "service.instance.id": settings.instance_id}
         )
-        self.server: Any = None
+        self._gauges: Mapping[str, Callable[[], float]] = {}  # the server's, from bind()
         self.stats = Stats()
         self._define_metrics()
         readers, self.endpoint = build_readers(self.stats, self.resource, settings.metrics_port, settings.host)
@@ -158,14 +158,19 @@ class Observability(Telemetry):
 
             self.meter.create_observable_gauge(name, [callback], description=description)
 
-        def of(owner: str, attribute: str) -> Callable[[], float]:
-            return lambda: float(getattr(getattr(self.server, owner, None), attribute, 0) or 0)
+        def of(name: str) -> Callable[[], float]:
+            # Looked up at each collection: bind() may come after the readers start.
+            def read() -> float:
+                live = self._gauges.get(name)
+                return float(live() or 0) if live is not None else 0.0
 
-        gauge("aios_queue_depth", "Packets waiting for a worker", of("scheduler", "queue_depth"))
-        gauge("aios_packets_in_flight", "Packets received and not answered yet", of("scheduler", "in_flight"))
-        gauge("aios_open_streams", "Open Process streams", of("servicer", "open_streams"))
+            return read
+
+        gauge("aios_queue_depth", "Packets waiting for a worker", of("queue_depth"))
+        gauge("aios_packets_in_flight", "Packets received and not answered yet", of("in_flight"))
+        gauge("aios_open_streams", "Open Process streams", of("open_streams"))
         gauge("aios_muxer_open_groups", "Incomplete muxer groups", lambda: float(self._muxer_groups))
-        gauge("aios_serving", "1 when the gRPC health status is SERVING", of("health", "serving"))
+        gauge("aios_serving", "1 when the gRPC health status is SERVING", of("serving"))
 
     @property
     def metrics_port(self) -> int:
@@ -179,12 +184,11 @@ class Observability(Telemetry):
         if self.endpoint is not None and not self.endpoint.port:
             self.endpoint.start()
 
-    def bind(self, server: Any) -> None:
-        """Read gauges from ``server`` and send the block's ``AIOSMetrics`` to OpenTelemetry."""
-        self.server = server
-        context = getattr(server, "context", None)
-        if context is not None and getattr(context, "metrics", None) is not None:
-            attach_backend(context.metrics, OTelMetricsBackend(self.meter))
+    def bind(self, gauges: Mapping[str, Callable[[], float]], metrics: AIOSMetrics | None = None) -> None:
+        """Read the gauges from ``gauges`` and send the block's ``AIOSMetrics`` (``metrics``) to OpenTelemetry."""
+        self._gauges = dict(gauges)
+        if metrics is not None:
+            attach_backend(metrics, OTelMetricsBackend(self.meter))
 
     async def stop(self) -> None:
         """Stop the endpoint; flush and shut down the providers this object made."""
@@ -198,14 +202,25 @@ class Observability(Telemetry):
 
     # -- hooks -------------------------------------------------------------------------
 
-    def packet_received(self, job: Job) -> None:
-        """Count the packet; with tracing, open its span and put its context in the headers."""
+    def packets_received(self, jobs: Sequence[Job]) -> None:
+        """Count packets of one request (one source); with tracing, open each one's span and put its context in the headers."""
+        if not jobs:
+            return
         pending = self._received_pending
-        pending.append((job.source,))
+        if len(jobs) == 1:
+            pending.append((jobs[0].source,))
+        else:
+            pending.extend([(jobs[0].source,)] * len(jobs))
         if len(pending) >= FOLD_AT:
             self.received.fold()
         if self.tracer is None:
             return
+        for job in jobs:
+            self._open_packet_span(job)
+
+    def _open_packet_span(self, job: Job) -> None:
+        """Open the packet's span (parented on its ``traceparent``) and write its context into the headers."""
+        assert self.tracer is not None
         packet = job.packet
         headers = packet.headers
         carrier = headers if "traceparent" in headers else job.trace
@@ -226,39 +241,14 @@ class Observability(Telemetry):
         # Nothing else is kept for it: its stages cost a type check each.
         tp = write_context(headers, span.get_span_context())
         if tp is None or not span.is_recording():
-            job.trace = None
+            job.span = None
             return
         traced = Traced(span, trace.set_span_in_context(span), tp)
         self._live[tp] = traced
-        job.trace = traced
-
-    def packets_received(self, jobs: Sequence[Job]) -> None:
-        """Count several packets of one request (one source) at once; with tracing, each as ``packet_received``."""
-        if self.tracer is not None or type(self).packet_received is not Observability.packet_received:
-            for job in jobs:
-                self.packet_received(job)
-            return
-        if not jobs:
-            return
-        pending = self._received_pending
-        pending.extend([(jobs[0].source,)] * len(jobs))
-        if len(pending) >= FOLD_AT:
-            self.received.fold()
-
-    def stage_done(self, job: Job, stage: str, seconds: float) -> None:
-        """Time the stage; with tracing, add it to the packet's span as a child span."""
-        pending = self._stage_pending.get(stage)
-        if pending is None:
-            pending = self._stage_pending[stage] = self.stage_seconds.pending_list((stage,))
-        pending.append(seconds)
-        if len(pending) >= FOLD_AT:
-            self.stage_seconds.fold()
-        traced = job.trace
-        if type(traced) is Traced:
-            self._stage_span(traced, stage, seconds)
+        job.span = traced
 
     def stages_done(self, jobs: Sequence[Job], stage: str, seconds: Sequence[float]) -> None:
-        """Time the stage of a whole chunk of jobs; with tracing, as ``stage_done`` per job."""
+        """Time the stage of each of ``jobs``; with tracing, add it to each packet's span as a child span."""
         if len(seconds) != len(jobs):
             raise ValueError(f"stages_done: {len(jobs)} jobs but {len(seconds)} durations")
         pending = self._stage_pending.get(stage)
@@ -270,7 +260,7 @@ class Observability(Telemetry):
         if self.tracer is None:
             return
         for job, took in zip(jobs, seconds, strict=True):
-            traced = job.trace
+            traced = job.span
             if type(traced) is Traced:
                 self._stage_span(traced, stage, took)
 
@@ -285,51 +275,38 @@ class Observability(Telemetry):
         child.end(end_time=end)
 
     def packets_answered(self, jobs: Sequence[Job], results: Sequence[Result]) -> None:
-        """``packet_answered`` for each, with one clock read and one count for the packets answered OK."""
-        if self.tracer is not None or type(self).packet_answered is not Observability.packet_answered:
-            for job, result in zip(jobs, results, strict=True):
-                self.packet_answered(job, result)
-            return
+        """Count the answers and time the packets, with one clock read; with tracing, close their spans."""
         now = time.monotonic()
         self._last_answered = now
         seconds = self._packet_pending
         ok = 0
         for job, result in zip(jobs, results, strict=True):
             if result.error is None and job.members is None:
+                # The common case, a packet answered OK, in as few steps as it takes.
                 seconds.append(now - job.received)
                 ok += 1
+                traced = job.span
+                if type(traced) is Traced:
+                    span = traced.span
+                    span.set_attribute("rpc.grpc.status_code", "OK")
+                    span.end()
+                    self._live.pop(traced.key, None)
             else:
-                self.packet_answered(job, result)
+                self._answered_other(job, result, now)
         if ok:
             answered = self._answered_pending
-            answered.extend([_OK] * ok)
+            if ok == 1:
+                answered.append(_OK)
+            else:
+                answered.extend([_OK] * ok)
             if len(seconds) >= FOLD_AT:
                 self.packet_seconds.fold()
             if len(answered) >= FOLD_AT:
                 self.answered.fold()
 
-    def packet_answered(self, job: Job, result: Result) -> None:
-        """Count the answer and time the packet; with tracing, close its span."""
-        now = time.monotonic()
+    def _answered_other(self, job: Job, result: Result, now: float) -> None:
+        """A failed packet, or a merged (muxed) job answered for each of its members."""
         error = result.error
-        self._last_answered = now
-        if error is None and job.members is None:
-            # The common case, one packet answered OK, in as few steps as it takes.
-            answered = self._answered_pending
-            answered.append(_OK)
-            seconds = self._packet_pending
-            seconds.append(now - job.received)
-            if len(seconds) >= FOLD_AT:
-                self.packet_seconds.fold()
-            if len(answered) >= FOLD_AT:
-                self.answered.fold()
-            traced = job.trace
-            if type(traced) is Traced:
-                span = traced.span
-                span.set_attribute("rpc.grpc.status_code", "OK")
-                span.end()
-                self._live.pop(traced.key, None)
-            return
         members = job.members or (job,)
         key: Key = _OK if error is None else (status_of(error)[0].name,)
         for member in members:
@@ -340,7 +317,7 @@ class Observability(Telemetry):
         if self.tracer is None:
             return
         # A merged (muxed) job carries its last member's span: end each span once.
-        spans = {id(m.trace): m.trace for m in (*members, job) if type(m.trace) is Traced}
+        spans = {id(m.span): m.span for m in (*members, job) if type(m.span) is Traced}
         for traced in spans.values():
             span = traced.span
             if error is not None:
@@ -373,31 +350,30 @@ class Observability(Telemetry):
 
     # -- block methods -----------------------------------------------------------------
 
-    def instrument(self, block: BlockAdapter) -> None:
-        """Wrap ``on_preprocess`` and ``on_data`` to time (and trace) them, and ``on_batch`` to trace it.
+    def wrap(self, stage: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """``on_preprocess`` and ``on_data`` timed (and traced), ``on_batch`` traced.
 
-        The batcher times batches itself (``stage_done(job, "batch", ...)`` per packet and
+        The batcher times batches itself (``stages_done(jobs, "batch", ...)`` and
         ``batch_formed``), so ``on_batch`` is wrapped only when tracing is on. An
         ``on_data`` that streams (a generator, or an async generator function) is timed,
         and its span kept open, until the scheduler has drained it.
         """
-        for name, stage in (("on_preprocess", "preprocess"), ("on_data", "data"), ("on_batch", "batch")):
-            method = block.methods.get(name)
-            if method is None or (stage == "batch" and self.tracer is None):
-                continue
-            if inspect.isasyncgenfunction(method):
-                # Wrapped by an async generator function, so that the adapter still sees one.
-                block.methods[name] = self._wrap_async_gen(method, stage)
-            elif block.is_async.get(name):
-                block.methods[name] = self._wrap_async(method, stage)
-            else:
-                block.methods[name] = self._wrap_sync(method, stage)
+        if stage == "batch" and self.tracer is None:
+            return fn
+        if inspect.isasyncgenfunction(fn):
+            # Wrapped by an async generator function, so that the adapter still sees one.
+            return self._wrap_async_gen(fn, stage)
+        if inspect.iscoroutinefunction(fn):
+            return self._wrap_async(fn, stage)
+        return self._wrap_sync(fn, stage)
 
     def _recorder(self, stage: str) -> Callable[[float], None] | None:
         """What records one sample of ``stage`` (None for "batch", which the batcher times)."""
         if stage == "batch":
             return None
-        samples = self._stage_pending[stage]
+        samples = self._stage_pending.get(stage)
+        if samples is None:
+            samples = self._stage_pending[stage] = self.stage_seconds.pending_list((stage,))
         fold = self.stage_seconds.fold
 
         # Runs on worker threads: list.append is atomic, so no lock is taken.
