@@ -1,66 +1,50 @@
 """``Scheduler``: between ingress (Process streams, queues) and the block's methods.
 
-Ingress hands it ``Job`` objects with ``submit`` (which waits while the bounded queue
-is full, so readers stop reading and HTTP/2 flow control slows the senders). Worker
-tasks take jobs off the queue in chunks and run a whole chunk through the block's
-plain methods in one thread hand-off: a thread hop costs tens of microseconds, as
-much as gRPC's own per-message work, so one hop per packet would halve throughput.
-The chunk size adapts to how long the block takes per packet, so a slow block gets
-chunks of one and keeps every worker thread busy. A fast block (the hop costs more
-than its packet) gets one chunk in the pool at a time while the next one gathers
-(``_gather``); the other threads stay free for a packet that turns out slow.
-``async def`` methods run on the loop instead.
+Ingress hands it ``Job`` objects: ``try_submit`` (and ``try_submit_many`` for a
+coalesced request) is the one non-blocking offer, ``submit`` the one blocking path,
+which waits while the bounded queue is full, so readers stop reading and HTTP/2 flow
+control slows the senders; ``submit_nowait`` answers RESOURCE_EXHAUSTED instead of
+waiting. The scheduler counts each job in flight and answers it exactly once
+(``answer``, ``answer_each``, ``answer_outcomes``), through the router when the job's
+``output_ptr`` names targets.
 
-Each job gets exactly one terminal result through ``job.reply``; partial outputs
-(generators) come before it. A packet may have at most ``AIOS_MAX_UNSENT_PARTIALS``
-partials produced and not yet sent (``PartialGate``): past it a sync generator's
-worker thread blocks and an async generator awaits, until the consumer frees places
-(the gRPC stream once it wrote them, other consumers as soon as they took them), or
-until the caller is gone, when the generator is closed.
-
-With a ``Muxer`` the packets of a group wait in ``MuxStage`` (``muxer.py``) and only
-the merged job is queued; with a batcher one ``BatchStage`` task (``batcher.py``)
-takes the queue instead of the workers and runs ``on_batch``. ``LoopWatchdog``
-(``watchdog.py``) reports user code that blocks the event loop.
+The scheduler is built from three parts: this module (lifecycle, admission, answer
+bookkeeping), ``workers.py`` (``Workers``: chunk sizing, gathering, one thread hop per
+chunk) and ``partials.py`` (``Partials``: streamed outputs, their gate, delivering,
+finishing). With a ``Muxer`` the packets of a group wait in ``MuxStage``
+(``mux_stage.py``) and only the merged job is queued; with a batcher one ``BatchStage``
+task (``batch_stage.py``) takes the queue instead of the workers and runs ``on_batch``.
+``LoopWatchdog`` (``watchdog.py``) reports user code that blocks the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from aios_grpc.errors import (
-    BlockCodeError,
     ConfigurationError,
-    DeadlineExceeded,
     PacketError,
     ParametersRejected,
-    PartialsAbandoned,
     ResourceExhausted,
     Unavailable,
 )
 from aios_grpc.grouping import Batcher, Muxer
-from aios_grpc.job import (
-    Job,
-    Kind,
-    Partial,
-    PartialGate,
-    Result,
-)
-from aios_grpc.packet import AIOSPacket, OnDataResult
+from aios_grpc.job import Job, Kind, Outcome, Result
+from aios_grpc.packet import AIOSPacket
 from aios_grpc.routing import Router
 from aios_grpc.runtime.adapter import BlockAdapter
 from aios_grpc.runtime.batch_stage import BatchStage
 from aios_grpc.runtime.mux_stage import MuxStage
-from aios_grpc.runtime.queue import JobQueue, wake_first
+from aios_grpc.runtime.partials import Partials
+from aios_grpc.runtime.queue import JobQueue
 from aios_grpc.runtime.watchdog import LoopWatchdog
+from aios_grpc.runtime.workers import Workers
 from aios_grpc.settings import Settings
 from aios_grpc.telemetry import Telemetry
 
@@ -68,23 +52,8 @@ log = logging.getLogger("aios_grpc.runtime")
 
 _OK = Kind.OK
 
-# A chunk should keep a worker thread busy for about this long: long enough to
-# amortise the hand-off, short enough that a slow packet does not hold many others.
-_CHUNK_TARGET_S = 0.002
-# Below this block time per packet the thread hop costs more than the block, so the
-# workers hand the pool one chunk at a time: while it runs, the packets that arrive
-# queue up and go together in the next chunk, instead of each worker taking one or
-# two and paying a hop of its own.
-_FAST_JOB_S = 0.0001
-# While a chunk gathers, it goes as soon as no packet came for this share of
-# settings.gather_s: packets that keep coming are worth waiting for, a pause is not.
-_GATHER_GAP = 0.2
-# A chunk in flight for longer than this is taken for stuck (a slow packet in a fast
-# block): the other workers stop waiting for it and use the other threads.
-_GATE_S = 0.001
 
-
-class Scheduler:
+class Scheduler(Workers, Partials):
     """Runs jobs through a block with bounded queues and a sized thread pool."""
 
     def __init__(
@@ -115,24 +84,14 @@ class Scheduler:
         self._queue: JobQueue | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._side_tasks: set[asyncio.Task[None]] = set()
-        # Streamed (partial) outputs of routed jobs on their way downstream; the job's
-        # terminal result waits for them.
-        self._partial_routes: dict[Job, list[asyncio.Task[list[AIOSPacket]]]] = {}
-        # Guards the creation of a job's PartialGate (a worker thread) against the loop
-        # answering the job meanwhile (see _gate and _answer_chunk).
-        self._gate_lock = threading.Lock()
         self._idle: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
-        self._job_time_s = 0.0  # moving average of block time per packet
-        self._chunks_started: list[float] = []  # start times of the chunks now in the thread pool
-        self._gathering = False  # a worker is gathering a fast block's next chunk
-        self._turn_waiters: deque[asyncio.Future[None]] = deque()
-        self._pool_waiters: deque[asyncio.Future[None]] = deque()
         # Packets that arrived while earlier packets of their stream were unanswered
         # (counted by the stream readers): the mark of a client that does not wait.
         self.pipelined_arrivals = 0
-        self._pipelined_seen = 0
+        self._init_workers()
+        self._init_partials()
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -269,36 +228,31 @@ class Scheduler:
 
     async def submit(self, job: Job) -> None:
         """Queue a job, waiting while the queue is full (backpressure)."""
-        if not self._admit(job):
+        if self.try_submit(job):
             return
-        merged = self._through_muxer(job)
-        if merged is None:
-            return
-        job = merged
-        queue = self._queue
-        assert queue is not None
-        if queue.full():
-            await queue.put(job)
-        else:
-            queue.put_nowait(job)  # skips a coroutine per packet on the common path
+        merged = self._admitted(job)  # the queue is full: wait for a place
+        if merged is not None:
+            assert self._queue is not None
+            await self._queue.put(merged)
 
     def try_submit(self, job: Job) -> bool:
         """Queue a job when that needs no wait; False, with nothing done, when the queue is full.
 
-        The stream readers call this per packet and fall back to ``submit`` only on a
-        full queue, which spares them a coroutine per packet.
+        The one non-blocking offer: ``submit`` and ``submit_nowait`` call it first. The
+        stream readers call it per packet and fall back to ``submit`` only on a full
+        queue, which spares them a coroutine per packet.
         """
         queue = self._queue
         assert queue is not None
         if queue.full():
             return False
         if self.mux_stage is not None or not self.accepting:
-            self.submit_nowait(job)  # cannot find the queue full now: nothing ran in between
+            merged = self._admitted(job)
+            if merged is not None:
+                queue.put_nowait(merged)  # cannot find the queue full now: nothing ran in between
             return True
-        # The common case: _admit spelled out (this runs once per packet).
-        self.in_flight += 1
-        if self.in_flight == 1:
-            self._idle.clear()  # type: ignore[union-attr]
+        # The common case, once per packet: _admitted without the muxer and the refusal.
+        self._count_in(1)
         self.telemetry.packet_received(job)
         queue.put_nowait(job)
         return True
@@ -321,27 +275,19 @@ class Scheduler:
                 return 0
             jobs = jobs[:room]
         n = len(jobs)
-        self.in_flight += n
-        if self.in_flight == n:
-            self._idle.clear()  # type: ignore[union-attr]
+        self._count_in(n)
         self.telemetry.packets_received(jobs)
         queue.put_many_nowait(jobs)
         return n
 
     def submit_nowait(self, job: Job) -> None:
         """Queue a job or answer it RESOURCE_EXHAUSTED when the queue is full."""
-        if not self._admit(job):
+        if self.try_submit(job):
             return
-        merged = self._through_muxer(job)
-        if merged is None:
-            return
-        job = merged
-        assert self._queue is not None
-        try:
-            self._queue.put_nowait(job)
-        except asyncio.QueueFull:
+        merged = self._admitted(job)  # the queue is full
+        if merged is not None:
             self.answer(
-                job,
+                merged,
                 Result(
                     Kind.ERROR,
                     error=ResourceExhausted(
@@ -351,47 +297,38 @@ class Scheduler:
                 ),
             )
 
-    def _through_muxer(self, job: Job) -> Job | None:
-        """The job to queue: ``job`` itself, or with a muxer its group's merged job once complete (else None)."""
+    def _count_in(self, n: int) -> None:
+        """``n`` more jobs in flight (the idle event is set again by the answers)."""
+        self.in_flight += n
+        if self.in_flight == n:
+            self._idle.clear()  # type: ignore[union-attr]
+
+    def _admitted(self, job: Job) -> Job | None:
+        """Count ``job`` in; the job to queue: ``job`` itself, or with a muxer its group's
+        merged job once complete; None when there is none (refused while draining, or
+        its group still open)."""
+        self._count_in(1)
+        self.telemetry.packet_received(job)
+        if not self.accepting:
+            self.answer(job, Result(Kind.ERROR, error=Unavailable("block is draining", stage="queue")))
+            return None
         if self.mux_stage is None or job.members is not None:
             return job
         merged = self.mux_stage.add(job)
         self.telemetry.muxer_groups(self.mux_stage.open_groups)
         return merged
 
-    def _admit(self, job: Job) -> bool:
-        self.in_flight += 1
-        assert self._idle is not None
-        if self.in_flight == 1:
-            self._idle.clear()  # set again by answer() once nothing is in flight
-        self.telemetry.packet_received(job)
-        if not self.accepting:
-            self.answer(job, Result(Kind.ERROR, error=Unavailable("block is draining", stage="queue")))
-            return False
-        return True
-
     # -- egress ----------------------------------------------------------------------
 
     def answer(self, job: Job, result: Result) -> None:
         """Send a terminal result for ``job`` (on the loop's thread); only the first one counts."""
-        if job.answered:
-            return
-        job.answered = True
-        try:
-            job.reply(result)
-        except Exception:
-            log.exception("reply for %s/%s failed", job.packet.session_id, job.packet.seq_no)
-        self.telemetry.packet_answered(job, result)
-        self.in_flight -= len(job.members) if job.members else 1
-        self.completed += 1
-        if self.in_flight <= 0 and self._idle is not None:
-            self._idle.set()
+        self.answer_each((job,), (result,))
 
     def answer_each(self, jobs: Sequence[Job], results: Sequence[Result]) -> None:
         """``answer`` each of ``jobs`` with the terminal result at its place, counted in one step.
 
-        The same answers as ``answer`` per job, in order; the telemetry hook, ``in_flight``
-        and the idle check are done once for all (a batch's or a chunk's answers).
+        The one body of the answers: replies in order, then the telemetry hook,
+        ``in_flight`` and the idle check once for all (a batch's or a chunk's answers).
         """
         skipped: list[int] | None = None
         extra = 0  # members of merged jobs beyond the job itself
@@ -415,7 +352,7 @@ class Scheduler:
         if self.in_flight <= 0 and self._idle is not None:
             self._idle.set()
 
-    def answer_outcomes(self, jobs: Sequence[Job], outcomes: Sequence[list[AIOSPacket] | BaseException | None]) -> None:
+    def answer_outcomes(self, jobs: Sequence[Job], outcomes: Sequence[Outcome | None]) -> None:
         """Answer each job of a batch or chunk from its outcome, as ``_finish`` does.
 
         The usual outcomes, one output each back to the caller, are answered in one
@@ -433,311 +370,12 @@ class Scheduler:
         for job, outcome in zip(jobs, outcomes, strict=True):
             self._finish(job, outcome)
 
-    def _gate(self, job: Job) -> PartialGate:
-        """``job``'s gate, made on its first partial (from a worker thread or the loop)."""
-        with self._gate_lock:
-            gate = job.gate
-            if gate is None:
-                gate = job.gate = PartialGate(self.settings.max_unsent_partials)
-            return gate
-
-    def _emit_output(self, job: Job, result: OnDataResult) -> Coroutine[Any, Any, None] | None:
-        """A streamed ``on_data`` item of ``job``, called by its producer.
-
-        In a worker thread it blocks while the packet has ``max_unsent_partials`` partials
-        unsent; on the loop it returns a coroutine to await in that case (None otherwise).
-        Raises ``PartialsAbandoned`` once the packet's partials go nowhere.
-        """
-        output = self.output_packet(job, result)
-        gate = job.gate or self._gate(job)
-        if threading.get_ident() != self._loop_thread:
-            if not gate.take():
-                raise PartialsAbandoned("the caller no longer takes this packet's partial outputs", stage="data")
-            self._to_loop(self._deliver, job, output, gate)
-            return None
-        if gate.try_take():
-            self._deliver(job, output, gate)
-            return None
-        return self._deliver_later(job, output, gate)
-
-    def _to_loop(self, fn: Callable[..., None], *args: Any) -> None:
-        """Run ``fn(*args)`` on the loop, from a worker thread; nothing once the loop is closed
-        (a thread still running after shutdown has no one left to answer)."""
-        assert self._loop is not None
-        try:
-            self._loop.call_soon_threadsafe(fn, *args)
-        except RuntimeError:
-            if not self._loop.is_closed():
-                raise
-            raise PartialsAbandoned("the server has stopped", stage="data") from None
-
-    async def _deliver_later(self, job: Job, output: AIOSPacket, gate: PartialGate) -> None:
-        if not await gate.take_async():
-            raise PartialsAbandoned("the caller no longer takes this packet's partial outputs", stage="data")
-        self._deliver(job, output, gate)
-
-    def _deliver(self, job: Job, output: AIOSPacket, gate: PartialGate) -> None:
-        """Hand one partial holding a place of ``gate`` to its consumer (on the loop's thread)."""
-        result = Partial(Kind.PARTIAL, output=output, gate=gate)
-        if gate.finished:
-            result.drop()  # the job is answered: nothing may follow its terminal result
-            return
-        if self._routes(job):
-            # A routed packet streams each output downstream as it comes; the place is
-            # free once the target took it.
-            tasks = self._partial_routes.setdefault(job, [])
-            task = asyncio.create_task(self._route_partial(job, output, tasks[-1] if tasks else None))
-            task.add_done_callback(lambda _: result.sent())
-            tasks.append(task)
-            return
-        try:
-            job.reply(result)
-        except Exception:
-            log.exception("partial reply for %s/%s failed", job.packet.session_id, job.packet.seq_no)
-            result.sent()
-            return
-        if not result.deferred:
-            result.sent()
-
-    async def _route_partial(
-        self, job: Job, output: AIOSPacket, previous: asyncio.Task[list[AIOSPacket]] | None
-    ) -> list[AIOSPacket]:
-        if previous is not None:
-            # One after the other, so that a target receives the stream in order.
-            await asyncio.wait([previous])
-        assert self.router is not None
-        return await self.router.route(job, [output])
-
     def _routes(self, job: Job) -> bool:
         """Whether ``job``'s outputs go through the router (False: straight back to the caller)."""
         router = self.router
         return router is not None and router.wants(job)
 
-    def _send_partial(self, job: Job, output: AIOSPacket) -> None:
-        try:
-            job.reply(Result(Kind.PARTIAL, output=output))
-        except Exception:
-            log.exception("partial reply for %s/%s failed", job.packet.session_id, job.packet.seq_no)
-
-    def _answer_chunk(self, jobs: list[Job], error: Exception) -> None:
-        """Answer every job of a chunk whose thread may still be running it (cancelled, or an SDK bug).
-
-        Each job gets a finished gate first: whatever its thread does later (a partial,
-        its own result) is dropped instead of answering it twice, and a producer waiting
-        for a place wakes up and stops.
-        """
-        for job in jobs:
-            gate = job.gate or self._gate(job)
-            if not gate.finish():  # else its thread answered it already (_finish_streamed)
-                self.answer(job, Result(Kind.ERROR, error=error))
-
-    def _finish_streamed(self, job: Job, res: list[AIOSPacket] | BaseException) -> None:
-        """``_finish`` for a job that streamed, as it ended (handed over by its worker thread, or async)."""
-        gate = job.gate
-        if gate is not None and gate.finish():
-            return  # _answer_chunk answered it already (the worker was cancelled meanwhile)
-        self._finish(job, res)
-
-    # -- workers ---------------------------------------------------------------------
-
-    async def _worker(self) -> None:
-        queue = self._queue
-        assert queue is not None
-        while True:
-            # A fast block: one worker at a time gathers the next chunk (see _gather).
-            turn = self._job_time_s < _FAST_JOB_S and self.block.all_sync
-            if turn:
-                await self._take_turn()
-            jobs: list[Job] = []
-            try:
-                try:
-                    jobs.append(await queue.get())
-                    limit = self._chunk_limit()
-                    self._fill(queue, jobs, limit)
-                    if turn:
-                        await self._gather(queue, jobs, limit)
-                    elif len(jobs) < limit:
-                        # Let the loop run once more, so that packets already read off the
-                        # sockets join this chunk instead of each paying a hop of its own.
-                        await asyncio.sleep(0)
-                        self._fill(queue, jobs, limit)
-                finally:
-                    if turn:
-                        self._end_turn()
-                await self._run(jobs)
-            except asyncio.CancelledError:
-                self._answer_chunk(jobs, Unavailable("server is shutting down", stage="data"))
-                raise
-            except Exception as exc:  # a bug in the SDK; never leave a packet unanswered
-                log.exception("scheduler failed on a chunk of %d packets", len(jobs))
-                self._answer_chunk(jobs, BlockCodeError(f"internal error: {exc}", stage="data"))
-
-    async def _take_turn(self) -> None:
-        """Become the one worker that gathers the next chunk of a fast block."""
-        while self._gathering:
-            waiter = asyncio.get_running_loop().create_future()
-            self._turn_waiters.append(waiter)
-            try:
-                await waiter
-            except asyncio.CancelledError:
-                if waiter.done() and not waiter.cancelled():
-                    self._end_turn()  # woken and cancelled at once: hand the wake-up on
-                raise
-        self._gathering = True
-
-    def _end_turn(self) -> None:
-        self._gathering = False
-        wake_first(self._turn_waiters)
-
-    async def _gather(self, queue: JobQueue, jobs: list[Job], limit: int) -> None:
-        """Fill a fast block's chunk while the previous chunk is in the pool, and longer
-        for a client that does not wait for answers.
-
-        A thread hop costs more than a fast block's packet (tens of microseconds, most
-        of it in the operating system), so the chunk should be long: one chunk in the
-        pool at a time, the next gathering meanwhile. A chunk in the pool for longer
-        than ``_GATE_S`` is taken for stuck (a slow packet in a fast block) and no
-        longer waited for. When packets came in behind unanswered packets of their
-        stream since the last chunk (a pipelining client, so more are on their way),
-        the chunk also waits until its first packet is ``settings.gather_s`` old, or the
-        chunk is full, or no packet came for a fifth of that time (a client whose
-        pipeline is shallow is waiting for answers, not sending more).
-        """
-        loop = self._loop
-        assert loop is not None
-        while self._chunks_started and len(jobs) < limit:
-            remaining = max(self._chunks_started) + _GATE_S - time.monotonic()
-            if remaining <= 0:
-                break
-            waiter = loop.create_future()
-            self._pool_waiters.append(waiter)
-            timer = loop.call_later(remaining, _wake, waiter)
-            try:
-                await waiter
-            finally:
-                timer.cancel()
-            self._fill(queue, jobs, limit)
-        if len(jobs) >= limit:
-            return
-        if self.pipelined_arrivals != self._pipelined_seen and self.settings.gather_s > 0:
-            self._pipelined_seen = self.pipelined_arrivals
-            end = jobs[0].received + self.settings.gather_s
-            gap = self.settings.gather_s * _GATHER_GAP
-            while len(jobs) < limit:
-                delay = end - time.monotonic()
-                if delay <= 0:
-                    break
-                had = len(jobs)
-                await asyncio.sleep(min(delay, gap))
-                self._fill(queue, jobs, limit)
-                if len(jobs) == had:
-                    # Nothing came for a while: the client is likely waiting for answers
-                    # (a shallow pipeline), so waiting longer only adds latency.
-                    break
-            return
-        await asyncio.sleep(0)
-        self._fill(queue, jobs, limit)
-
-    @staticmethod
-    def _fill(queue: JobQueue, jobs: list[Job], limit: int) -> None:
-        """Add queued jobs to ``jobs`` until it holds ``limit`` or the queue is empty."""
-        while len(jobs) < limit:
-            try:
-                jobs.append(queue.get_nowait())
-            except asyncio.QueueEmpty:
-                return
-
-    def _chunk_limit(self) -> int:
-        if self._job_time_s <= 0:
-            return 1
-        return max(1, min(self.settings.max_chunk, int(_CHUNK_TARGET_S / self._job_time_s)))
-
-    async def _run(self, jobs: list[Job]) -> None:
-        now = time.monotonic()
-        self.telemetry.stages_done(jobs, "queue", [now - job.received for job in jobs])
-        if self.block.all_sync:
-            assert self._loop is not None
-            started = time.monotonic()
-            self._chunks_started.append(started)
-            try:
-                results = await self._loop.run_in_executor(self.executor, self._run_chunk_sync, jobs)
-            finally:
-                self._chunks_started.remove(started)
-                wake_first(self._pool_waiters)
-            self.answer_outcomes(jobs, results)
-        else:
-            await asyncio.gather(*(self._run_one_async(job) for job in jobs))
-
-    def _run_chunk_sync(self, jobs: list[Job]) -> list[list[AIOSPacket] | BaseException | None]:
-        out: list[list[AIOSPacket] | BaseException | None] = []
-        start = time.perf_counter()
-        run_sync = self.block.run_sync
-        output_packet = self.output_packet
-        check = self._check
-        emit = self._emit_output
-        for job in jobs:
-            try:
-                check(job)
-                outputs = run_sync(job.packet, functools.partial(emit, job))
-                if len(outputs) == 1:
-                    out.append([output_packet(job, outputs[0])])
-                else:
-                    out.append([output_packet(job, o) for o in outputs])
-            except Exception as exc:
-                out.append(exc)
-            if job.gate is not None:
-                # A job that streamed is answered now, not with the chunk: a later packet
-                # of its session in this chunk holds its partials until this one is
-                # answered, and would wait for places forever.
-                self._to_loop(self._finish_streamed, job, out[-1])
-                out[-1] = None
-        elapsed = (time.perf_counter() - start) / len(jobs)
-        self._job_time_s = elapsed if self._job_time_s == 0 else 0.8 * self._job_time_s + 0.2 * elapsed
-        return out
-
-    async def _run_one_async(self, job: Job) -> None:
-        try:
-            self._check(job)
-            outputs = await self.block.run_async(job.packet, functools.partial(self._emit_output, job), self.to_thread)
-            res: list[AIOSPacket] | BaseException = [self.output_packet(job, o) for o in outputs]
-        except Exception as exc:
-            res = exc
-        if job.gate is not None:
-            self._finish_streamed(job, res)  # marks it answered, for _answer_chunk
-        else:
-            self._finish(job, res)
-
-    async def to_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run a plain function in the block's thread pool."""
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
-
-    def _check(self, job: Job) -> None:
-        if job.deadline and time.monotonic() > job.deadline:
-            raise DeadlineExceeded("packet deadline passed before the block ran it", stage="deadline")
-        packet = job.packet
-        data = packet.data
-        settings = self.settings
-        if type(data) is not str or len(packet.files) > settings.max_files_per_packet:
-            self.block.validate_packet(packet, settings.validate_json, settings.max_files_per_packet)
-        elif data and settings.validate_json:
-            # The usual packet (JSON text, files within the limit), without validate_packet's frame.
-            try:
-                packet.check_json()
-            except ValueError:
-                self.block.validate_packet(packet, True, settings.max_files_per_packet)  # raises InvalidPacket
-
-    def output_packet(self, job: Job, result: OnDataResult) -> AIOSPacket:
-        """The output packet for one ``OnDataResult`` of ``job``."""
-        data = result.output
-        if not isinstance(data, str):
-            data = self.block.output_text(data)
-        packet = job.packet
-        # Positional: AIOSPacket(session_id, seq_no, data, ts, output_ptr, files, headers).
-        return AIOSPacket(
-            packet.session_id, packet.seq_no, data, time.time(), packet.output_ptr, result.files, packet.headers
-        )
-
-    def _finish(self, job: Job, res: list[AIOSPacket] | BaseException | None) -> None:
+    def _finish(self, job: Job, res: Outcome | None) -> None:
         if res is None:
             return  # answered from the worker thread already (a job that streamed)
         if isinstance(res, BaseException):
@@ -777,11 +415,6 @@ class Scheduler:
         for output in outputs:
             self._send_partial(job, output)
         self.answer(job, Result(Kind.OK))
-
-
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
 
 
 __all__ = ["Scheduler"]
