@@ -37,6 +37,7 @@ from aios_grpc.job import Job, Kind, Result
 from aios_grpc.redis._ingress import TRANSIENT, decode_packet, keep_reading, pause
 from aios_grpc.redis.claims import ListClaims
 from aios_grpc.runtime.scheduler import Scheduler
+from aios_grpc.runtime.window import Window
 
 log = logging.getLogger("aios_grpc.redis")
 
@@ -69,7 +70,7 @@ class ListIngress:
         self.max_deliveries = max_deliveries
         self.block_s = block_s
         self.heartbeat_s = heartbeat_s
-        self.window = asyncio.Semaphore(max_in_flight)
+        self.window = Window(max_in_flight)
         self.in_flight = 0
         self.done = 0
         self.recovered = 0
