@@ -39,28 +39,53 @@ import logging
 import math
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aios_grpc.errors import BlockCodeError, ConfigurationError, PacketError, Unavailable
 from aios_grpc.grouping import Batcher
-from aios_grpc.job import Job, Kind, Result
+from aios_grpc.job import Answerer, Job, Kind, Outcome, Result
 from aios_grpc.packet import AIOSPacket, OnDataResult, PreProcessResult
+from aios_grpc.runtime.adapter import BlockAdapter
 from aios_grpc.runtime.queue import JobQueue
-
-if TYPE_CHECKING:
-    from aios_grpc.runtime.scheduler import Scheduler
+from aios_grpc.telemetry import Telemetry
 
 log = logging.getLogger("aios_grpc.runtime")
 
-Outcome = list[AIOSPacket] | BaseException
-
 
 class BatchStage:
-    """Batch forming and running for one scheduler."""
+    """Batch forming and running for one scheduler.
 
-    def __init__(self, scheduler: Scheduler, batcher: Batcher, max_concurrent: int) -> None:
-        self.scheduler = scheduler
+    It gets what it needs passed in, not from the scheduler: the block adapter, the
+    per-packet ``check``, ``output_packet`` (an ``OnDataResult`` to the output packet),
+    the ``answerer`` its batches' answers go to, ``telemetry``, the running ``loop``,
+    the shared thread pool (``executor``, where a batch's output packets are made while
+    the next batch runs) and ``queued`` (how many jobs wait in the queue now).
+    """
+
+    def __init__(
+        self,
+        batcher: Batcher,
+        max_concurrent: int,
+        *,
+        block: BlockAdapter,
+        check: Callable[[Job], None],
+        output_packet: Callable[[Job, OnDataResult], AIOSPacket],
+        answerer: Answerer,
+        telemetry: Telemetry,
+        loop: asyncio.AbstractEventLoop,
+        executor: ThreadPoolExecutor,
+        queued: Callable[[], int],
+    ) -> None:
+        self.block = block
+        self.check = check
+        self.output_packet = output_packet
+        self.answerer = answerer
+        self.telemetry = telemetry
+        self.loop = loop
+        self.executor = executor
+        self.queued = queued
         self.kind = batcher.kind
         self.n = batcher.N
         self.t = batcher.T
@@ -125,7 +150,7 @@ class BatchStage:
         except asyncio.CancelledError:
             held, self._held = self._held, None
             if held:
-                answer_all(self.scheduler, held, Unavailable("server is shutting down", stage="batch"))
+                answer_all(self.answerer, held, Unavailable("server is shutting down", stage="batch"))
             raise
 
     async def _form(self, queue: JobQueue, jobs: list[Job]) -> None:
@@ -161,7 +186,7 @@ class BatchStage:
             # Cancelled before its first step: its own handler never ran.
             self.running -= 1
             self._slot_free.set()
-            answer_all(self.scheduler, jobs, Unavailable("server is shutting down", stage="batch"))
+            answer_all(self.answerer, jobs, Unavailable("server is shutting down", stage="batch"))
 
     def flush(self) -> None:
         """Close the open batch now and every later one as soon as it is queued (drain)."""
@@ -208,20 +233,18 @@ class BatchStage:
         task = asyncio.current_task()
         if task is not None:
             self._started.add(task)
-        sched = self.scheduler
         start = time.monotonic()
         slot, pool = self._take_slot()
         outcomes: list[Outcome] | _Encode
         try:
-            sched.telemetry.stages_done(jobs, "queue", [start - job.received for job in jobs])
-            block = sched.block
+            self.telemetry.stages_done(jobs, "queue", [start - job.received for job in jobs])
+            block = self.block
             if not (block.is_async.get("on_preprocess") or block.is_async.get("on_batch")):
-                assert sched._loop is not None
-                outcomes = await sched._loop.run_in_executor(pool, self._batch_sync, jobs)
+                outcomes = await self.loop.run_in_executor(pool, self._batch_sync, jobs)
             else:
                 outcomes = await self._batch_async(jobs, pool)
         except asyncio.CancelledError:
-            answer_all(sched, jobs, Unavailable("server is shutting down", stage="batch"))
+            answer_all(self.answerer, jobs, Unavailable("server is shutting down", stage="batch"))
             raise
         except Exception as exc:  # a bug in the SDK; still answer every packet
             outcomes = _internal_error(jobs, exc, "batch")
@@ -232,21 +255,19 @@ class BatchStage:
         took = time.monotonic() - start
         if isinstance(outcomes, _Encode):
             try:
-                assert sched._loop is not None
-                outcomes = await sched._loop.run_in_executor(sched.executor, self._encode, jobs, outcomes.results)
+                outcomes = await self.loop.run_in_executor(self.executor, self._encode, jobs, outcomes.results)
             except asyncio.CancelledError:
-                answer_all(sched, jobs, Unavailable("server is shutting down", stage="batch"))
+                answer_all(self.answerer, jobs, Unavailable("server is shutting down", stage="batch"))
                 raise
             except Exception as exc:  # a bug in the SDK; still answer every packet
                 outcomes = _internal_error(jobs, exc, "output of a batch")
-        sched.telemetry.stages_done(jobs, "batch", [took] * len(jobs))
+        self.telemetry.stages_done(jobs, "batch", [took] * len(jobs))
         assert not isinstance(outcomes, _Encode)
-        sched.answer_outcomes(jobs, outcomes)
+        self.answerer.answer_outcomes(jobs, outcomes)
 
     def _batch_sync(self, jobs: list[Job]) -> list[Outcome] | _Encode:
-        sched = self.scheduler
-        check = sched._check
-        preprocess = sched.block.preprocess_sync
+        check = self.check
+        preprocess = self.block.preprocess_sync
         entries: list[list[PreProcessResult] | BaseException] = []
         flat: list[PreProcessResult] = []
         single = True  # every packet passed and gave exactly one entry
@@ -263,12 +284,12 @@ class BatchStage:
                 flat.append(got[0])
             else:
                 single = False
-        on_batch = sched.block.methods["on_batch"]
+        on_batch = self.block.methods["on_batch"]
         if not (single and len(flat) <= self.n):
             return self._apply(jobs, entries, on_batch)
         # The usual batch, one entry per packet in one on_batch call, without _apply's mapping.
         results = self._call(on_batch, flat, jobs)
-        if len(jobs) > 1 and (self._held is not None or sched.queue_depth):
+        if len(jobs) > 1 and (self._held is not None or self.queued()):
             # More packets wait for this run slot: give it up now and make the output
             # packets (JSON encoding) in another thread, so that the next batch's
             # on_batch (a forward pass that lets go of the GIL, say) runs meanwhile.
@@ -277,7 +298,7 @@ class BatchStage:
 
     def _encode(self, jobs: list[Job], results: list[OnDataResult | BaseException | None]) -> list[Outcome]:
         """The outcome per packet of a one-entry-per-packet batch: its output packet, or its error."""
-        output_packet = self.scheduler.output_packet
+        output_packet = self.output_packet
         out: list[Outcome] = []
         for job, res in zip(jobs, results, strict=True):
             if res is None:
@@ -292,13 +313,12 @@ class BatchStage:
         return out
 
     async def _batch_async(self, jobs: list[Job], pool: ThreadPoolExecutor) -> list[Outcome]:
-        sched = self.scheduler
-        block = sched.block
+        block = self.block
         loop = asyncio.get_running_loop()
         entries: list[list[PreProcessResult] | BaseException] = []
         for job in jobs:
             try:
-                sched._check(job)
+                self.check(job)
                 if block.is_async.get("on_preprocess"):
                     ret = await block.methods["on_preprocess"](job.packet)
                     entries.append(block.check_preprocess(ret))
@@ -366,7 +386,7 @@ class BatchStage:
                 out.append(done)
                 continue
             try:
-                out.append([self.scheduler.output_packet(job, o) for o in done])
+                out.append([self.output_packet(job, o) for o in done])
             except Exception as exc:
                 out.append(exc)
         return out
@@ -376,7 +396,7 @@ class BatchStage:
     ) -> list[OnDataResult | BaseException | None]:
         """``call(chunk)`` (one ``on_batch`` call on entries from ``jobs``) checked: a result or error per entry."""
         self.sizes[len(chunk)] += 1
-        self.scheduler.telemetry.batch_formed(len(chunk), jobs)
+        self.telemetry.batch_formed(len(chunk), jobs)
         try:
             return self._check_results(call(chunk), len(chunk))
         except PacketError as exc:
@@ -397,7 +417,7 @@ class BatchStage:
                 stage="batch",
             )
         out: list[OnDataResult | BaseException | None] = []
-        check_data = self.scheduler.block.check_data
+        check_data = self.block.check_data
         for item in ret:
             # The common answer, (True, OnDataResult), checked inline: this runs per entry.
             if type(item) is tuple and len(item) == 2 and item[0] is True and type(item[1]) is OnDataResult:
@@ -432,7 +452,7 @@ class _Raised:
         self.exc = exc
 
 
-def answer_all(scheduler: Scheduler, jobs: list[Job], error: BaseException) -> None:
+def answer_all(answerer: Answerer, jobs: list[Job], error: BaseException) -> None:
     """Answer every job with ``error`` (used when a batch cannot run at all)."""
     for job in jobs:
-        scheduler.answer(job, Result(Kind.ERROR, error=error))
+        answerer.answer(job, Result(Kind.ERROR, error=error))

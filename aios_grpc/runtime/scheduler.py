@@ -171,7 +171,20 @@ class Scheduler(Workers, Partials):
                 self.telemetry.muxer_groups,
             )
         if self.batcher is not None:
-            self.batch_stage = BatchStage(self, self.batcher, self.settings.max_concurrent_batches)
+            self.batch_stage = BatchStage(
+                self.batcher,
+                self.settings.max_concurrent_batches,
+                block=self.block,
+                check=self._check,
+                # Looked up per call, so that output_packet replaced on the scheduler
+                # (as tests do) is the one the batches use.
+                output_packet=lambda job, result: self.output_packet(job, result),
+                answerer=self,
+                telemetry=self.telemetry,
+                loop=self._loop,
+                executor=self.executor,
+                queued=self._queue.qsize,
+            )
             self._tasks = [asyncio.create_task(self.batch_stage.run(self._queue), name="aios-batcher")]
         else:
             self._tasks = [
