@@ -66,7 +66,15 @@ class BlockServer:
             self.settings.health_interval_s, self.settings.health_timeout_s, stall_s=self.settings.health_stall_s
         )
         self.servicer = BlockServicer(self.settings.stream_max_in_flight)
-        self.telemetry.bind(self)
+        self.telemetry.bind(
+            {
+                "queue_depth": lambda: self.scheduler.queue_depth if self.scheduler is not None else 0,
+                "in_flight": lambda: self.scheduler.in_flight if self.scheduler is not None else 0,
+                "open_streams": lambda: self.servicer.open_streams,
+                "serving": lambda: self.health.serving,
+            },
+            self.context.metrics,
+        )
         self.heartbeats: Any = None  # a blockhealth HeartbeatPublisher when AIOS_REDIS_URL is set
         self.scheduler: Scheduler | None = None
         self.control: ControlPlane | None = None
@@ -138,8 +146,7 @@ class BlockServer:
             log.error("%s.__init__ failed", name, exc_info=True)
             scheduler_pool.shutdown(wait=False)
             raise ConfigurationError(f"{name}.__init__ raised {type(exc).__name__}: {exc}") from None
-        adapter = BlockAdapter(instance)
-        self.telemetry.instrument(adapter)
+        adapter = BlockAdapter(instance, wrap=self.telemetry.wrap)
         scheduler = Scheduler(
             adapter, self.settings, telemetry=self.telemetry, router=self.router, executor=scheduler_pool
         )

@@ -203,7 +203,7 @@ class Observability(Telemetry):
     # -- hooks -------------------------------------------------------------------------
 
     def packets_received(self, jobs: Sequence[Job]) -> None:
-        """Count packets of one request (one source); with tracing, open each one's span and put its context in the headers."""
+        """Count packets of one request (one source); with tracing, open each one's span (``_open_packet_span``)."""
         if not jobs:
             return
         pending = self._received_pending

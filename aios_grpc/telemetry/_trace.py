@@ -8,6 +8,7 @@ the propagator's time) and ``write_context`` writes a span's context back, as
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from opentelemetry import trace
@@ -18,7 +19,7 @@ _PROPAGATOR = TraceContextTextMapPropagator()
 _TRACEPARENT_00 = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 
 
-def extract(carrier: dict[str, str]) -> Any:
+def extract(carrier: Mapping[str, str]) -> Any:
     """The OpenTelemetry context of the W3C trace context in ``carrier``.
 
     The common form (version 00, no ``tracestate``) is parsed here, in half the time

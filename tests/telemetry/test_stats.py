@@ -199,8 +199,7 @@ def _histogram(o: Observability, name: str) -> dict[tuple[Any, ...], int]:
 
 def test_hooks_fold_when_nothing_collects() -> None:
     o = _observability()
-    adapter = BlockAdapter(_Block())
-    o.instrument(adapter)
+    adapter = BlockAdapter(_Block(), wrap=o.wrap)
     on_data = adapter.methods["on_data"]
     entry = PreProcessResult(packet=AIOSPacket(session_id="s", seq_no=1, data="{}"))
     n = 3 * FOLD_AT + 5
@@ -220,8 +219,7 @@ def test_hooks_fold_when_nothing_collects() -> None:
 
 def test_timed_on_data_counts_every_call_from_many_threads(busy_switching: None) -> None:
     o = _observability()
-    adapter = BlockAdapter(_Block())
-    o.instrument(adapter)
+    adapter = BlockAdapter(_Block(), wrap=o.wrap)
     on_data = adapter.methods["on_data"]
     entry = PreProcessResult(packet=AIOSPacket(session_id="s", seq_no=1, data="{}"))
     threads, calls = 4, 5_000
