@@ -15,6 +15,8 @@ from google.protobuf import json_format, struct_pb2
 from aios_grpc._pb import pb
 from aios_grpc.errors import PacketError, status_of
 from aios_grpc.packet import AIOSPacket, FileInfo
+from aios_grpc.packet import fill_packet as fill_packet  # re-exported: the packet encoding lives with the type
+from aios_grpc.packet import packet_to_proto as packet_to_proto
 
 
 def packet_from_proto(msg: pb.Packet) -> AIOSPacket:
@@ -39,39 +41,6 @@ def packet_from_proto(msg: pb.Packet) -> AIOSPacket:
         dict(headers) if headers else {},
         msg.deadline,
     )
-
-
-def packet_to_proto(packet: AIOSPacket) -> pb.Packet:
-    """A protobuf ``Packet`` from an ``AIOSPacket`` (a dict ``data`` is JSON-encoded)."""
-    msg = pb.Packet()
-    fill_packet(msg, packet)
-    return msg
-
-
-def fill_packet(msg: pb.Packet, packet: AIOSPacket) -> None:
-    """Set the fields of ``msg`` (an empty ``Packet``, possibly inside another message) from ``packet``.
-
-    Filling a sub-message in place spares building a ``Packet`` and copying it in.
-    """
-    data = packet.data
-    if not isinstance(data, str):
-        data = data.decode() if isinstance(data, bytes) else json.dumps(data)
-    msg.ts = packet.ts  # always set: it marks ``msg`` present inside its parent message
-    # The other fields stay unset when at their default: the same message, fewer calls into upb.
-    if packet.session_id:
-        msg.session_id = packet.session_id
-    if packet.seq_no:
-        msg.seq_no = packet.seq_no
-    if data:
-        msg.data = data
-    if packet.output_ptr:
-        msg.output_ptr = packet.output_ptr
-    if packet.deadline:
-        msg.deadline = packet.deadline
-    if packet.files:
-        msg.files.extend(pb.FileInfo(metadata=f.metadata, file_data=f.file_data) for f in packet.files)
-    if packet.headers:
-        msg.headers.update(packet.headers)
 
 
 def error_to_proto(exc: BaseException) -> pb.PacketError:

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from aios_grpc._pb import pb
+
 # JSONDecoder sets scan_once (its C scanner) in __init__; typeshed does not declare it.
 _scan_once: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
@@ -95,8 +97,6 @@ class AIOSPacket:
 
     def SerializeToString(self) -> bytes:
         """The packet as protobuf bytes (``aios.block.v1.Packet``, wire-compatible with AIOSPacket)."""
-        from aios_grpc.converters import packet_to_proto
-
         return bytes(packet_to_proto(self).SerializeToString())
 
 
@@ -116,4 +116,39 @@ class OnDataResult:
     files: list[FileInfo] = field(default_factory=list)
 
 
-__all__ = ["AIOSPacket", "FileInfo", "OnDataResult", "PreProcessResult"]
+# The packet's own wire encoding lives with the type (``SerializeToString`` needs it);
+# ``aios_grpc.converters`` re-exports both functions with the other conversions.
+def packet_to_proto(packet: AIOSPacket) -> pb.Packet:
+    """A protobuf ``Packet`` from an ``AIOSPacket`` (a dict ``data`` is JSON-encoded)."""
+    msg = pb.Packet()
+    fill_packet(msg, packet)
+    return msg
+
+
+def fill_packet(msg: pb.Packet, packet: AIOSPacket) -> None:
+    """Set the fields of ``msg`` (an empty ``Packet``, possibly inside another message) from ``packet``.
+
+    Filling a sub-message in place spares building a ``Packet`` and copying it in.
+    """
+    data = packet.data
+    if not isinstance(data, str):
+        data = data.decode() if isinstance(data, bytes) else json.dumps(data)
+    msg.ts = packet.ts  # always set: it marks ``msg`` present inside its parent message
+    # The other fields stay unset when at their default: the same message, fewer calls into upb.
+    if packet.session_id:
+        msg.session_id = packet.session_id
+    if packet.seq_no:
+        msg.seq_no = packet.seq_no
+    if data:
+        msg.data = data
+    if packet.output_ptr:
+        msg.output_ptr = packet.output_ptr
+    if packet.deadline:
+        msg.deadline = packet.deadline
+    if packet.files:
+        msg.files.extend(pb.FileInfo(metadata=f.metadata, file_data=f.file_data) for f in packet.files)
+    if packet.headers:
+        msg.headers.update(packet.headers)
+
+
+__all__ = ["AIOSPacket", "FileInfo", "OnDataResult", "PreProcessResult", "fill_packet", "packet_to_proto"]
