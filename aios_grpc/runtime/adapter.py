@@ -1,5 +1,11 @@
 """How the SDK calls a user's block class: ``BlockAdapter``.
 
+The worker thread's hot path: the code here runs per packet, in the scheduler's worker
+threads (a chunk's ``run_sync``: ``on_preprocess``, ``on_data`` and every check of what
+they return), so a line added here is paid once per packet; keep per-packet frames out
+of it (where a loop is spelled out instead of calling a helper, a comment says why).
+The loop thread's per-packet path is ``service/stream.py``.
+
 The adapter finds the block's methods once, checks what is required, and checks
 every return value against the shapes the SDK documents, turning a wrong shape into
 a ``BlockCodeError`` that names the method and what it returned. Plain methods are
@@ -71,7 +77,10 @@ def _short(value: Any) -> str:
 class BlockAdapter:
     """Wraps one instance of a user's block class."""
 
-    def __init__(self, instance: Any) -> None:
+    def __init__(
+        self, instance: Any, wrap: Callable[[str, Callable[..., Any]], Callable[..., Any]] | None = None
+    ) -> None:
+        # wrap(stage, method), e.g. Telemetry.wrap: what the table holds for on_preprocess/on_data/on_batch.
         self.instance = instance
         self.name = type(instance).__qualname__
         self.methods: dict[str, Callable[..., Any]] = {}
@@ -88,6 +97,10 @@ class BlockAdapter:
             raise ConfigurationError(f"block class {self.name} defines neither on_data nor on_batch")
         if inspect.isasyncgenfunction(self.methods.get("on_data")):
             self.is_async["on_data"] = True
+        if wrap is not None:
+            for name in ("on_preprocess", "on_data", "on_batch"):
+                if name in self.methods:
+                    self.methods[name] = wrap(name[3:], self.methods[name])
 
     def has(self, name: str) -> bool:
         """Whether the block defines method ``name``."""
