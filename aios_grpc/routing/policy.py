@@ -1,5 +1,7 @@
 """Routing policy: which targets a packet may name, and how a down target is retried.
 
+``Backoff`` is the package's one back-off formula (``aios_grpc.backoff``), re-exported here.
+
 >>> allow = AllowList(["127.0.0.1:*", "*.svc.cluster.local:50051"], ["results*"])
 >>> allow.allows_address("127.0.0.1:6379"), allow.allows_address("evil.example:80")
 (True, False)
@@ -9,10 +11,10 @@
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterable
 from fnmatch import fnmatchcase
 
+from aios_grpc.backoff import Backoff
 from aios_grpc.errors import PermissionDenied
 from aios_grpc.routing.pointer import GRPC, Target
 
@@ -49,20 +51,6 @@ class AllowList:
                 f"(AIOS_ROUTE_ALLOW_QUEUES={self.queues or '[]'})",
                 stage="route",
             )
-
-
-class Backoff:
-    """Capped exponential backoff with jitter: ``min(cap, initial * 2**n)``, times 0.5-1."""
-
-    def __init__(self, initial_s: float, max_s: float) -> None:
-        self.initial_s = initial_s
-        self.max_s = max_s
-
-    def delay(self, failures: int, *, jitter: bool = True) -> float:
-        """Seconds to wait after ``failures`` failed attempts in a row."""
-        base = min(self.max_s, self.initial_s * (2 ** min(failures, 30)))
-        # Jitter spreads the reconnects of many senders after a downstream restart.
-        return float(base * random.uniform(0.5, 1.0)) if jitter else float(base)
 
 
 __all__ = ["AllowList", "Backoff"]
