@@ -220,7 +220,7 @@ def test_packet_from_proto_copies_every_file(files: list[tuple[str, bytes]]) -> 
 
 
 def test_results_keep_their_kind_number() -> None:
-    from aios_grpc.service.servicer import _fill_results
+    from aios_grpc.service.stream import fill_results as _fill_results
 
     for kind in Kind:
         response = pb.ProcessResponse()
