@@ -1,4 +1,7 @@
-"""What the Redis ingresses share: decoding entries, connection backoff, the in-flight window."""
+"""What the Redis ingresses share: decoding entries, restarting a reader that failed.
+
+Retries after transient Redis errors are ``aios_grpc.redis.retry.Retry``.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +14,9 @@ from aios_grpc._pb import pb
 from aios_grpc.converters import packet_from_proto
 from aios_grpc.errors import InvalidPacket
 from aios_grpc.packet import AIOSPacket
-from aios_grpc.redis.retry import TRANSIENT, pause
+from aios_grpc.redis.retry import READER_BACKOFF
 
 log = logging.getLogger("aios_grpc.redis")
-
-# Errors after which the same Redis command may work again (a restart, a network blip).
 
 
 def decode_packet(payload: Any) -> AIOSPacket:
@@ -33,7 +34,7 @@ async def keep_reading(read_forever: Callable[[], Awaitable[None]], what: str, s
     """Run ``read_forever`` until ``stopping()``, starting it again after any error.
 
     A Redis error that is not a lost connection (a key of the wrong type, a
-    misconfiguration) is logged and retried with a capped delay: a reader never dies
+    misconfiguration) is logged and retried after ``READER_BACKOFF``: a reader never dies
     silently. Cancellation ends it.
     """
     failures = 0
@@ -45,7 +46,7 @@ async def keep_reading(read_forever: Callable[[], Awaitable[None]], what: str, s
         except Exception as exc:
             failures += 1
             log.error("reading %s failed: %s: %s", what, type(exc).__name__, exc)
-            await asyncio.sleep(min(5.0, 0.1 * 2 ** min(failures, 6)))
+            await asyncio.sleep(READER_BACKOFF.delay(failures, jitter=False))
 
 
-__all__ = ["TRANSIENT", "decode_packet", "keep_reading", "pause"]
+__all__ = ["decode_packet", "keep_reading"]

@@ -49,7 +49,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from aios_grpc.redis.retry import TRANSIENT, pause
+from aios_grpc.redis.retry import TRANSIENT, Retry
 
 log = logging.getLogger("aios_grpc.redis")
 
@@ -130,14 +130,13 @@ class ListClaims:
         Retries a lost connection a few times; when Redis cannot say, returns 1 (the item is
         this owner's to finish, counted or not) and logs why.
         """
-        for failures in range(1, 6):
-            try:
-                return int(await self.client.hincrby(self.deliveries, item_key(item), 1))
-            except TRANSIENT as exc:
-                await pause(failures, f"counting a delivery on {self.deliveries}", exc)
-            except Exception as exc:
-                log.error("counting a delivery on %s failed: %s: %s", self.deliveries, type(exc).__name__, exc)
-                break
+        counting = Retry(f"counting a delivery on {self.deliveries}")
+        try:
+            return int(await counting.call(lambda: self.client.hincrby(self.deliveries, item_key(item), 1), attempts=5))
+        except TRANSIENT:
+            pass  # logged by Retry
+        except Exception as exc:
+            log.error("counting a delivery on %s failed: %s: %s", self.deliveries, type(exc).__name__, exc)
         return 1
 
     def finish(self, pipe: Any, item: bytes, *, forget: bool = True) -> None:

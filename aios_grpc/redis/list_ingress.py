@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 from collections.abc import Callable
@@ -34,8 +35,9 @@ import redis.asyncio as aioredis
 
 from aios_grpc.errors import PacketError, status_of
 from aios_grpc.job import Job, Kind, Result
-from aios_grpc.redis._ingress import TRANSIENT, decode_packet, keep_reading, pause
+from aios_grpc.redis._ingress import decode_packet, keep_reading
 from aios_grpc.redis.claims import ListClaims
+from aios_grpc.redis.retry import TRANSIENT, Retry
 from aios_grpc.runtime.scheduler import Scheduler
 from aios_grpc.runtime.window import Window
 
@@ -118,17 +120,14 @@ class ListIngress:
         await keep_reading(self._read_forever, self.queue, lambda: self._stopping)
 
     async def _read_forever(self) -> None:
-        failures = 0
+        recovering = Retry(f"recovering {self.processing}")
         while not self._started:
-            try:
+            async with recovering:
                 await self.claims.beat()
                 # Only at start: later, the processing list holds packets in flight here.
                 self.recovered += await self.claims.requeue(self.processing)
                 self._started = True
-            except TRANSIENT as exc:
-                failures += 1
-                await pause(failures, f"recovering {self.processing}", exc)
-        failures = 0
+        taking = Retry(f"BLMOVE {self.queue}")
         while not self._stopping:
             await self.window.acquire()
             if self._stopping:
@@ -136,12 +135,11 @@ class ListIngress:
                 return
             try:
                 raw = await self.claims.take(self.block_s)
-                failures = 0
             except TRANSIENT as exc:
                 self.window.release()
-                failures += 1
-                await pause(failures, f"BLMOVE {self.queue}", exc)
+                await taking.fail(exc)
                 continue
+            taking.succeeded()
             if raw is None:
                 self.window.release()
                 continue
@@ -172,22 +170,15 @@ class ListIngress:
             self._finish.put_nowait((raw, result))
 
     async def _finisher(self) -> None:
-        failures = 0
+        finishing = Retry(f"finishing an item of {self.queue}")
         while True:
             raw, result = await self._finish.get()
-            while True:
-                try:
-                    await self._complete(raw, result)
-                    failures = 0
-                    break
-                except TRANSIENT as exc:
-                    failures += 1
-                    await pause(failures, f"finishing an item of {self.queue}", exc)
-                except Exception as exc:
-                    # The item stays in the processing list; it returns to the queue when
-                    # this instance is gone.
-                    log.error("finishing an item of %s failed: %s", self.queue, exc)
-                    break
+            try:
+                await finishing.call(functools.partial(self._complete, raw, result))
+            except Exception as exc:
+                # The item stays in the processing list; it returns to the queue when
+                # this instance is gone.
+                log.error("finishing an item of %s failed: %s", self.queue, exc)
             self.in_flight -= 1
             self.done += 1
             self.window.release()
@@ -219,16 +210,13 @@ class ListIngress:
         await pipe.execute()
 
     async def _watch(self) -> None:
-        failures = 0
+        beating = Retry(f"heartbeat on {self.queue}")
         while True:
             await asyncio.sleep(self.heartbeat_s)
             try:
-                await self.claims.beat()
-                self.recovered += await self.claims.recover_dead()
-                failures = 0
-            except TRANSIENT as exc:
-                failures += 1
-                await pause(failures, f"heartbeat on {self.queue}", exc)
+                async with beating:
+                    await self.claims.beat()
+                    self.recovered += await self.claims.recover_dead()
             except Exception as exc:
                 log.error("watching %s failed: %s: %s", self.queue, type(exc).__name__, exc)
 

@@ -45,7 +45,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from aios_grpc.redis.claims import ListClaims
-from aios_grpc.redis.retry import TRANSIENT, pause
+from aios_grpc.redis.retry import TRANSIENT, Retry
 
 log = logging.getLogger("aios_grpc.parameters")
 
@@ -143,7 +143,7 @@ class ParameterBroadcast:
     # -- writing ---------------------------------------------------------------------
 
     async def _send(self) -> None:
-        failures = 0
+        sending = Retry(f"broadcasting parameters on {self.stream}")
         while not self._closing:
             await self._outbox_ready.wait()
             if not self._outbox:
@@ -151,17 +151,13 @@ class ParameterBroadcast:
                 continue
             params, waiter, item = self._outbox[0]
             try:
-                await self._write(params, item)
-                failures = 0
-            except asyncio.CancelledError:
-                raise
-            except TRANSIENT as exc:
-                failures += 1
-                await pause(failures, f"broadcasting parameters on {self.stream}", exc)
-                continue
+                async with sending:
+                    await self._write(params, item)
             except Exception as exc:
                 # Not retryable (a key of the wrong type...): this update is not broadcast.
                 log.error("parameter broadcast on %s failed: %s: %s", self.stream, type(exc).__name__, exc)
+            if sending.failed:
+                continue  # tried again after the pause
             if self._outbox and self._outbox[0][1] is waiter:
                 self._outbox.popleft()
             if not self._outbox:
@@ -214,7 +210,7 @@ class ParameterBroadcast:
         return int(info["entries-added"]) - int(info["length"]) > self._seen
 
     async def _listen(self) -> None:
-        failures = 0
+        reading = Retry(f"reading parameter updates on {self.stream}")
         resync = True
         while not self._closing:
             try:
@@ -226,16 +222,15 @@ class ParameterBroadcast:
                 resync = False
                 assert self.last_id is not None
                 reply: Any = await self.client.xread({self.stream: self.last_id}, count=100, block=1000)
-                failures = 0
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:
-                failures += 1
+                # Any error is retried here (the listener must not die); other than a
+                # lost connection it is logged as well.
                 resync = True
                 if not isinstance(exc, TRANSIENT):
                     log.error("reading parameter updates on %s failed: %s: %s", self.stream, type(exc).__name__, exc)
-                await pause(failures, f"reading parameter updates on {self.stream}", exc)
+                await reading.fail(exc)
                 continue
+            reading.succeeded()
             for _, entries in reply or []:
                 for entry_id, fields in entries:
                     self.last_id = entry_id
@@ -267,7 +262,7 @@ class ParameterBroadcast:
     async def _take_updates(self) -> None:
         """Take ``PARAMETER_UPDATES`` items one at a time: apply, then broadcast and remove."""
         assert self.claims is not None
-        failures = 0
+        taking = Retry(f"reading {self.updates_list}")
         started = False
         while not self._closing:
             try:
@@ -277,15 +272,12 @@ class ParameterBroadcast:
                     self.recovered += await self.claims.requeue(self.claims.processing)
                     started = True
                 item = await self.claims.take(1.0)
-                failures = 0
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:
-                failures += 1
                 if not isinstance(exc, TRANSIENT):
                     log.error("reading %s failed: %s: %s", self.updates_list, type(exc).__name__, exc)
-                await pause(failures, f"reading {self.updates_list}", exc)
+                await taking.fail(exc)
                 continue
+            taking.succeeded()
             if item is not None:
                 await self._handle_update(item)
 
@@ -317,35 +309,35 @@ class ParameterBroadcast:
         assert self.claims is not None
         log.error("%s: update moved to %s: %s", self.updates_list, self.dead_letter, error)
         record = json.dumps({"item": item.decode(errors="replace"), "error": error, "queue": self.updates_list})
-        for failures in range(1, 6):
-            try:
-                pipe = self.client.pipeline(transaction=True)
-                self.claims.finish(pipe, item)
-                pipe.lpush(self.dead_letter, record)
-                await pipe.execute()
-                return
-            except TRANSIENT as exc:
-                await pause(failures, f"dead-lettering an update of {self.updates_list}", exc)
-            except Exception as exc:
-                log.error("dead-lettering an update of %s failed: %s: %s", self.updates_list, type(exc).__name__, exc)
-                break
-        # Still in the processing list: taken again when this instance is gone.
+        claims = self.claims
+
+        async def move() -> None:
+            pipe = self.client.pipeline(transaction=True)
+            claims.finish(pipe, item)
+            pipe.lpush(self.dead_letter, record)
+            await pipe.execute()
+
+        try:
+            await Retry(f"dead-lettering an update of {self.updates_list}").call(move, attempts=5)
+        except TRANSIENT:
+            pass  # still in the processing list: taken again when this instance is gone
+        except Exception as exc:
+            # Still in the processing list: taken again when this instance is gone.
+            log.error("dead-lettering an update of %s failed: %s: %s", self.updates_list, type(exc).__name__, exc)
 
     async def _watch(self) -> None:
         """Keep this instance's heartbeat fresh; give dead instances' updates back."""
         assert self.claims is not None
-        failures = 0
+        beating = Retry(f"heartbeat on {self.updates_list}")
         while not self._closing:
             await asyncio.sleep(self.claims.heartbeat_s)
             try:
                 await self.claims.beat()
                 self.recovered += await self.claims.recover_dead()
-                failures = 0
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:
-                failures += 1
-                await pause(failures, f"heartbeat on {self.updates_list}", exc)
+                await beating.fail(exc)  # any error: the heartbeat must go on
+                continue
+            beating.succeeded()
 
     async def close(self) -> None:
         """Stop listening, give unsent updates a last short try, close the connection."""

@@ -36,7 +36,8 @@ from redis.exceptions import ResponseError
 from aios_grpc.converters import packet_to_proto
 from aios_grpc.errors import PacketError, status_of
 from aios_grpc.job import Job, Kind, Result
-from aios_grpc.redis._ingress import TRANSIENT, decode_packet, keep_reading, pause
+from aios_grpc.redis._ingress import decode_packet, keep_reading
+from aios_grpc.redis.retry import TRANSIENT, Retry
 from aios_grpc.runtime.scheduler import Scheduler
 
 log = logging.getLogger("aios_grpc.redis")
@@ -154,19 +155,13 @@ class StreamIngress:
             await task
 
     async def _ensure_group(self) -> None:
-        failures = 0
-        while True:
-            try:
-                # Id 0: entries added before the first instance started are processed too.
-                await self.client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
-                return
-            except ResponseError as exc:
-                if "BUSYGROUP" in str(exc):
-                    return
+        creating = Retry(f"creating group {self.group} on {self.stream}")
+        try:
+            # Id 0: entries added before the first instance started are processed too.
+            await creating.call(lambda: self.client.xgroup_create(self.stream, self.group, id="0", mkstream=True))
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
                 raise
-            except TRANSIENT as exc:
-                failures += 1
-                await pause(failures, f"creating group {self.group} on {self.stream}", exc)
 
     # -- reading ---------------------------------------------------------------------
 
@@ -186,7 +181,7 @@ class StreamIngress:
         await self._ensure_group()
         # First what this consumer id already holds (a restart with the same instance id).
         cursor = b"0"
-        failures = 0
+        reading = Retry(f"XREADGROUP {self.stream}")
         while not self._stopping:
             # Read whole batches: one round trip per batch, not one per few answers.
             # The window holds two batches, so one is read while the other is processed.
@@ -204,7 +199,6 @@ class StreamIngress:
                     count=n,
                     block=None if cursor != b">" else self.block_ms,
                 )
-                failures = 0
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
@@ -212,9 +206,9 @@ class StreamIngress:
                 await self._ensure_group()
                 continue
             except TRANSIENT as exc:
-                failures += 1
-                await pause(failures, f"XREADGROUP {self.stream}", exc)
+                await reading.fail(exc)
                 continue
+            reading.succeeded()
             entries = _raw_entries(reply)
             if cursor != b">" and not entries:
                 cursor = b">"
@@ -257,28 +251,26 @@ class StreamIngress:
         return items
 
     async def _ack(self) -> None:
-        failures = 0
+        acking = Retry(f"XACK on {self.stream}")
         while True:
             await self._done_ready.wait()
             self._done_ready.clear()
             items = self._take_done()
             while items:
                 try:
-                    await self._flush(items)
-                    failures = 0
-                    break
-                except TRANSIENT as exc:
-                    # XACK and XADD of the same answer again are harmless; keep trying,
-                    # with what was answered meanwhile in the same round trip.
-                    failures += 1
-                    await pause(failures, f"XACK on {self.stream}", exc)
-                    items += self._take_done()
+                    async with acking:
+                        await self._flush(items)
                 except Exception as exc:
                     # Not retryable (the group is gone, ...): the entries stay pending, or
                     # are gone with the group; either way this instance moves on.
                     log.error("acknowledging %d entries of %s failed: %s", len(items), self.stream, exc)
                     self._settle(items)
                     break
+                if not acking.failed:
+                    break
+                # XACK and XADD of the same answer again are harmless; keep trying,
+                # with what was answered meanwhile in the same round trip.
+                items += self._take_done()
 
     async def _flush(self, items: list[_Done]) -> None:
         if not items:
@@ -326,15 +318,12 @@ class StreamIngress:
         someone else just now) are left where they are.
         """
         period = max(0.02, self.claim_idle_ms / 3000)
-        failures = 0
+        renewing = Retry(f"XCLAIM on {self.stream}")
         while True:
             await asyncio.sleep(period)
             try:
-                await self._refresh_once(period)
-                failures = 0
-            except TRANSIENT as exc:
-                failures += 1
-                await pause(failures, f"XCLAIM on {self.stream}", exc)
+                async with renewing:
+                    await self._refresh_once(period)
             except Exception as exc:
                 # NOGROUP and the like: the reader re-creates the group; nothing to renew.
                 log.error("renewing claims on %s failed: %s: %s", self.stream, type(exc).__name__, exc)
@@ -362,21 +351,18 @@ class StreamIngress:
     async def _reclaim(self) -> None:
         period = max(0.05, min(5.0, self.claim_idle_ms / 2000))
         cursor: Any = "0-0"
-        failures = 0
+        reclaiming = Retry(f"XAUTOCLAIM on {self.stream}")
         while not self._stopping:
             await asyncio.sleep(period)
             if self._stopping:
                 return
             try:
-                cursor = await self._reclaim_once(cursor)
-                failures = 0
+                async with reclaiming:
+                    cursor = await self._reclaim_once(cursor)
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     log.error("XAUTOCLAIM on %s failed: %s", self.stream, exc)
                 cursor = "0-0"
-            except TRANSIENT as exc:
-                failures += 1
-                await pause(failures, f"XAUTOCLAIM on {self.stream}", exc)
             except Exception as exc:
                 log.error("reclaiming entries of %s failed: %s: %s", self.stream, type(exc).__name__, exc)
                 cursor = "0-0"

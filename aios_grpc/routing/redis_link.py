@@ -13,10 +13,9 @@ import asyncio
 import logging
 
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from aios_grpc.errors import LinkUnavailable
+from aios_grpc.redis.retry import TRANSIENT, Retry
 from aios_grpc.routing.pointer import REDIS_STREAM
 from aios_grpc.routing.policy import Backoff
 
@@ -36,24 +35,21 @@ class RedisLink:
 
     async def push(self, transport: str, queue_name: str, payload: bytes) -> None:
         """``LPUSH`` or ``XADD`` ``payload`` to ``queue_name``; retried while Redis is down."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.retry_timeout_s
-        failures = 0
-        while True:
-            try:
-                if transport == REDIS_STREAM:
-                    await self.client.xadd(queue_name, {STREAM_FIELD: payload})
-                else:
-                    await self.client.lpush(queue_name, payload)
-                return
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                failures += 1
-                left = deadline - loop.time()
-                if left <= 0:
-                    raise LinkUnavailable(
-                        f"Redis {self.address} unreachable for {self.retry_timeout_s:g}s ({failures} attempts): {exc}"
-                    ) from None
-                await asyncio.sleep(min(self.backoff.delay(failures), left))
+        deadline = asyncio.get_running_loop().time() + self.retry_timeout_s
+        retry = Retry(f"pushing to Redis {self.address}", backoff=self.backoff, jitter=True, quiet=True)
+
+        async def push_once() -> None:
+            if transport == REDIS_STREAM:
+                await self.client.xadd(queue_name, {STREAM_FIELD: payload})
+            else:
+                await self.client.lpush(queue_name, payload)
+
+        try:
+            await retry.call(push_once, deadline=deadline)
+        except TRANSIENT as exc:
+            raise LinkUnavailable(
+                f"Redis {self.address} unreachable for {self.retry_timeout_s:g}s ({retry.failures} attempts): {exc}"
+            ) from None
 
     async def close(self) -> None:
         """Close the connection pool."""
