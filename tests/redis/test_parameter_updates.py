@@ -298,6 +298,9 @@ def test_a_killed_instance_s_update_is_dead_lettered_with_max_deliveries_1(spawn
     doomed = spawn("tests.redis.test_parameter_updates:HangingUpdateBlock", env=env)
     client.lpush(LIST, json.dumps({"threshold": 0.25}))
     wait_for(lambda: client.llen(f"{LIST}:processing:doomed") == 1, 15, "the doomed instance to take the update")
+    # The take is counted just after the item moved (BLMOVE, then HINCRBY): killed in
+    # between, the take would not count and the survivor would apply the update.
+    wait_for(lambda: client.hlen(f"{LIST}:deliveries") == 1, 15, "the doomed instance to count its take")
     doomed.proc.kill()
     doomed.proc.wait(10)
     survivor = serve(
