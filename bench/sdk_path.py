@@ -68,7 +68,7 @@ async def _run(packets: int, block: str = "plain") -> float:
     """CPU seconds for ``packets`` packets through one Process stream of ``block`` ("plain" or "batched").
 
     The stack is built as ``aios_grpc.server.BlockServer`` builds it (settings, context,
-    telemetry, ``GraphRouter.from_settings``, instrumented adapter, scheduler with the
+    telemetry, ``GraphRouter.from_settings``, adapter built with telemetry.wrap, scheduler with the
     router); only the chunks of a plain block run on the loop instead of the thread pool.
     """
     os.environ.setdefault("AIOS_METRICS_PORT", "-1")
@@ -96,8 +96,7 @@ async def _run(packets: int, block: str = "plain") -> float:
     telemetry = make_telemetry(settings)
     router = GraphRouter.from_settings(settings)
     block_class = BatchedBlock if block == "batched" else TrivialBlock
-    adapter = BlockAdapter(block_class(context))
-    telemetry.instrument(adapter)
+    adapter = BlockAdapter(block_class(context), wrap=telemetry.wrap)
     scheduler = Scheduler(adapter, settings, telemetry=telemetry, router=router)
     await scheduler.configure()
     await scheduler.start()
