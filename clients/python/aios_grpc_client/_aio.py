@@ -11,6 +11,7 @@ import grpc
 from aios.block.v1 import block_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2_grpc
 
+from aios_grpc_client._security import Pem, make_channel, ssl_credentials, with_token
 from aios_grpc_client._types import (
     _HEADS,
     DEFAULT_COALESCE,
@@ -53,7 +54,10 @@ class _BytesStub:
 
 
 class AsyncBlockClient:
-    """An asyncio client for one block instance at ``target`` (``host:port``)."""
+    """An asyncio client for one block instance at ``target`` (``host:port``).
+
+    Takes the same ``metadata``, ``token`` and TLS keywords as ``BlockClient``.
+    """
 
     def __init__(
         self,
@@ -62,10 +66,16 @@ class AsyncBlockClient:
         channel: grpc.aio.Channel | None = None,
         metadata: Sequence[tuple[str, str]] | None = None,
         max_message_bytes: int = 16 * 1024 * 1024,
+        token: str | None = None,
+        tls: bool = False,
+        root_certificates: Pem | None = None,
+        certificate_chain: Pem | None = None,
+        private_key: Pem | None = None,
     ) -> None:
         self.target = target
-        self.channel = channel or grpc.aio.insecure_channel(target, options=channel_options(max_message_bytes))
-        self.metadata: Metadata = tuple(metadata or ())
+        credentials = ssl_credentials(tls, root_certificates, certificate_chain, private_key)
+        self.channel = channel or make_channel(target, channel_options(max_message_bytes), credentials, aio=True)
+        self.metadata: Metadata = with_token(metadata, token)
         # The generated stub's typing describes a blocking channel; on an aio channel its
         # calls return awaitables and async iterators, so it is typed loosely here.
         self._stub: Any = pb_grpc.BlockServiceStub(self.channel)

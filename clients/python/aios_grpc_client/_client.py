@@ -12,6 +12,7 @@ import grpc
 from aios.block.v1 import block_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2_grpc
 
+from aios_grpc_client._security import Pem, make_channel, ssl_credentials, with_token
 from aios_grpc_client._types import (
     DEFAULT_COALESCE,
     DEFAULT_MAX_PENDING,
@@ -42,7 +43,9 @@ _CLOSE = object()
 class BlockClient:
     """A blocking client for one block instance at ``target`` (``host:port``).
 
-    ``metadata`` (e.g. ``[("authorization", "Bearer ...")]``) is sent with every call.
+    ``metadata`` is sent with every call; ``token="..."`` adds ``authorization: Bearer ...``.
+    TLS: ``root_certificates`` (the server's CA; ``tls=True`` alone uses the system's),
+    ``certificate_chain`` + ``private_key`` for mutual TLS; each PEM bytes or a file path.
     """
 
     def __init__(
@@ -52,10 +55,16 @@ class BlockClient:
         channel: grpc.Channel | None = None,
         metadata: Sequence[tuple[str, str]] | None = None,
         max_message_bytes: int = 16 * 1024 * 1024,
+        token: str | None = None,
+        tls: bool = False,
+        root_certificates: Pem | None = None,
+        certificate_chain: Pem | None = None,
+        private_key: Pem | None = None,
     ) -> None:
         self.target = target
-        self.channel = channel or grpc.insecure_channel(target, options=channel_options(max_message_bytes))
-        self.metadata: Metadata = tuple(metadata or ())
+        credentials = ssl_credentials(tls, root_certificates, certificate_chain, private_key)
+        self.channel = channel or make_channel(target, channel_options(max_message_bytes), credentials, aio=False)
+        self.metadata: Metadata = with_token(metadata, token)
         self._stub = pb_grpc.BlockServiceStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
 
