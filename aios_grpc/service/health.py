@@ -6,8 +6,15 @@ a timeout; an exception, a timeout or anything but ``{"status": "healthy"}`` is
 unhealthy and the reason is logged once per change) and the scheduler watchdog
 (packets in flight but none answered for ``stall_s`` seconds is unhealthy), and goes
 NOT_SERVING for good when the instance drains. Both ``""`` and
-``aios.block.v1.BlockService`` report it; probes read the stored status, so a probe
-never calls ``health()``.
+``aios.block.v1.BlockService`` report it (the readiness probe); probes read the stored
+status, so a probe never calls ``health()``.
+
+``aios.liveness`` (``LIVENESS_SERVICE``, the liveness probe) fails only when the process
+is wedged: it is SERVING from start-up on, through an unhealthy ``health()`` and through
+the drain, and NOT_SERVING only while the scheduler watchdog finds packets in flight and
+none answered for ``stall_s``. An event loop that does not turn cannot answer the probe
+at all, which the kubelet counts as a failure too. A slow or unhealthy ``health()`` so
+takes the pod out of the Service without restarting it.
 
 ``health()`` gets its own thread rather than the block's worker pool: a pool busy
 with slow ``on_data`` calls must not make a healthy block look dead. A ``health()``
@@ -40,6 +47,7 @@ log = logging.getLogger("aios_grpc.health")
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SERVICES = ("", SERVICE_NAME)
+LIVENESS_SERVICE = "aios.liveness"
 
 
 def healthy(report: Any) -> tuple[bool, str]:
@@ -151,8 +159,13 @@ class HealthMonitor:
         for name in SERVICES:
             self.servicer.set(name, status)
 
+    def set_live(self, live: bool) -> None:
+        """Report ``live`` for ``LIVENESS_SERVICE``."""
+        self.servicer.set(LIVENESS_SERVICE, SERVING if live else NOT_SERVING)
+
     async def start(self) -> None:
-        """Report NOT_SERVING while the block starts."""
+        """Report NOT_SERVING while the block starts (and live: the process is not wedged)."""
+        self.set_live(True)
         await self.set_all(False, self.reason)
 
     async def block_ready(self, block: BlockAdapter, scheduler: Scheduler) -> None:
@@ -166,9 +179,12 @@ class HealthMonitor:
         """Call ``health()`` once and update the status; returns whether healthy."""
         if self.draining:
             return False
+        # The watchdog is read before health() runs: a health() that hangs must not hide a stall.
+        progressing, stall = self._progressing()
+        self.set_live(progressing)
         ok, reason = await self._probe()
-        if ok:
-            ok, reason = self._progressing()
+        if ok and not progressing:
+            ok, reason = progressing, stall
         if not self.draining:
             await self.set_all(ok, reason)
         return ok

@@ -97,3 +97,33 @@ def test_a_slow_on_data_does_not_stall_health_or_the_control_plane(serve):
         stream.close()
         results = list(stream.results())
     assert [r.data for r in results] == [{"done": True}]
+
+
+def test_liveness_stays_serving_while_health_is_unhealthy_and_fails_when_the_scheduler_stalls(serve):
+    FlakyHealthBlock.status = {"status": "degraded"}
+    served = serve(FlakyHealthBlock, health_interval_s=0.05)
+    with BlockClient(served.address) as client:
+        _wait_for(client, "NOT_SERVING")
+        # Readiness follows health(); liveness (what restarts a pod) does not.
+        assert client.health("aios.liveness") == "SERVING"
+    FlakyHealthBlock.status = {"status": "healthy"}
+
+    BusyBlock.release.clear()
+    stalled = serve(BusyBlock, workers=1, health_interval_s=0.05, health_stall_s=0.3)
+    with BlockClient(stalled.address) as client:
+        stream = client.stream(timeout=30)
+        from aios_grpc_client import make_packet
+
+        stream.send(make_packet({}, session_id="s", seq_no=1))
+        end = time.monotonic() + 10
+        while client.health("aios.liveness") != "NOT_SERVING":
+            assert time.monotonic() < end, "liveness never reported the stalled scheduler"
+            time.sleep(0.02)
+        assert client.health() == "NOT_SERVING"
+        BusyBlock.release.set()
+        stream.close()
+        assert [r.data for r in stream.results()] == [{"done": True}]
+        end = time.monotonic() + 10
+        while client.health("aios.liveness") != "SERVING":
+            assert time.monotonic() < end, "liveness never came back once packets were answered"
+            time.sleep(0.02)

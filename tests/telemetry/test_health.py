@@ -155,6 +155,7 @@ def test_watch_of_an_unknown_service_and_after_the_watches_ended(serve: Any) -> 
         assert {name: s.status for name, s in listed.statuses.items()} == {
             "": health_pb2.HealthCheckResponse.SERVING,
             SERVICE: health_pb2.HealthCheckResponse.SERVING,
+            "aios.liveness": health_pb2.HealthCheckResponse.SERVING,
         }
 
         async def drained() -> None:
