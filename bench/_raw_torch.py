@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "generated"), str(ROOT)]
+sys.path[:0] = [str(ROOT / "clients" / "python"), str(ROOT)]
 
 import grpc  # noqa: E402
-from aios.block.v1 import block_pb2 as pb  # noqa: E402
-from aios.block.v1 import block_pb2_grpc as pb_grpc  # noqa: E402
+from aios_block_stubs.v1 import block_pb2 as pb  # noqa: E402
+from aios_block_stubs.v1 import block_pb2_grpc as pb_grpc  # noqa: E402
 
 from aios_grpc.packet import AIOSPacket, FileInfo  # noqa: E402
 from aios_grpc.testing import TestContext  # noqa: E402

@@ -39,7 +39,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent)]
 
 import redis  # noqa: E402
 from _harness import cpu_seconds, start_block  # noqa: E402
-from aios.block.v1 import block_pb2 as pb  # noqa: E402
+from aios_block_stubs.v1 import block_pb2 as pb  # noqa: E402
 
 from aios_grpc.redis.local import LocalRedis  # noqa: E402
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "generated"), str(ROOT)]
+sys.path[:0] = [str(ROOT / "clients" / "python"), str(ROOT)]
 
 
 class _Context:

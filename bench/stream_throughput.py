@@ -31,8 +31,8 @@ sys.path[:0] = [str(Path(__file__).resolve().parent)]
 
 import grpc  # noqa: E402
 from _harness import TrivialBlock, bench_env, drive, start_process  # noqa: E402
-from aios.block.v1 import block_pb2 as pb  # noqa: E402
-from aios.block.v1 import block_pb2_grpc as pb_grpc  # noqa: E402
+from aios_block_stubs.v1 import block_pb2 as pb  # noqa: E402
+from aios_block_stubs.v1 import block_pb2_grpc as pb_grpc  # noqa: E402
 
 __all__ = ["TrivialBlock"]  # served by `aios-grpc serve bench/stream_throughput.py:TrivialBlock`
 

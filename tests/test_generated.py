@@ -1,4 +1,4 @@
-"""The committed stubs in generated/ match protos/, and the contract is buf-lint clean."""
+"""The committed stubs in clients/python/aios_block_stubs/ match protos/, and the contract is buf-lint clean."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tests.conftest import ROOT
 
-GENERATED = ROOT / "generated"
+GENERATED = ROOT / "clients" / "python" / "aios_block_stubs"
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -24,10 +24,10 @@ def test_generated_stubs_do_not_drift_from_protos(tmp_path):
         [sys.executable, str(ROOT / "scripts" / "gen_protos.py"), "--out", str(tmp_path)],
         check=True, capture_output=True, timeout=120,
     )  # fmt: skip
-    fresh, committed = _files(tmp_path), _files(GENERATED)
+    fresh, committed = _files(tmp_path / "aios_block_stubs"), _files(GENERATED)
     assert sorted(fresh) == sorted(committed), "run: python scripts/gen_protos.py"
     changed = [name for name in fresh if fresh[name] != committed[name]]
-    assert not changed, f"generated/ is stale for {changed}; run: python scripts/gen_protos.py"
+    assert not changed, f"clients/python/aios_block_stubs/ is stale for {changed}; run: python scripts/gen_protos.py"
 
 
 def test_buf_lint_is_clean():

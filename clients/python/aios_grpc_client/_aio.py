@@ -8,7 +8,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Seq
 from typing import Any
 
 import grpc
-from aios.block.v1 import block_pb2_grpc as pb_grpc
+from aios_block_stubs.v1 import block_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2_grpc
 
 from aios_grpc_client._security import Pem, make_channel, ssl_credentials, with_token

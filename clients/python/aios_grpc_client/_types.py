@@ -14,7 +14,7 @@ from json.encoder import encode_basestring_ascii as _encode_string
 from typing import Any
 
 import grpc
-from aios.block.v1 import block_pb2 as pb
+from aios_block_stubs.v1 import block_pb2 as pb
 from google.protobuf import json_format, struct_pb2
 from grpc_health.v1 import health_pb2
 

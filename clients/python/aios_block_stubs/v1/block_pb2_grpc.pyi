@@ -3,7 +3,7 @@
 isort:skip_file
 """
 
-from aios.block.v1 import block_pb2 as _block_pb2
+from aios_block_stubs.v1 import block_pb2 as _block_pb2
 from collections import abc as _abc
 from grpc import aio as _aio
 import abc as _abc_1

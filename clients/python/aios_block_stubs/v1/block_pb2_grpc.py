@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from aios.block.v1 import block_pb2 as aios_dot_block_dot_v1_dot_block__pb2
+from aios_block_stubs.v1 import block_pb2 as aios_dot_block_dot_v1_dot_block__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
