@@ -14,8 +14,11 @@ True
 
 from __future__ import annotations
 
+import copy
+import json
 import threading
 import time
+from collections import defaultdict
 from typing import Any
 
 
@@ -41,6 +44,63 @@ class Muxer:
         self.N = int(N)
         self.timeout_s = None if timeout_s is None else float(timeout_s)
         self.max_open_groups = None if max_open_groups is None else int(max_open_groups)
+        # The seed's buffers: the packets of each open group and how many arrived.
+        self.store: defaultdict[tuple[str, int], list[Any]] = defaultdict(list)
+        self.counts: defaultdict[tuple[str, int], int] = defaultdict(int)
+
+    def process_packet(self, packet: Any) -> Any:
+        """Add one packet; the merged packet once its group has ``N`` packets, else None.
+
+        With ``N == 1`` the packet itself is returned. A subclass may override this
+        (to drop, rewrite or group packets its own way) and the server calls it for
+        each packet; a packet it holds must be kept in ``self.store[(session_id,
+        seq_no)]`` (as this one does), one it returns None for and does not keep there
+        counts as dropped and is answered OK without output. See docs/scheduler.md.
+
+        >>> from aios_grpc.packet import AIOSPacket
+        >>> m = Muxer(N=2)
+        >>> m.process_packet(AIOSPacket(session_id="s", seq_no=1, data='{"a": 1}')) is None
+        True
+        >>> m.process_packet(AIOSPacket(session_id="s", seq_no=1, data='{"b": 2}')).data
+        {'inputs': [{'a': 1}, {'b': 2}]}
+        """
+        if self.N == 1:
+            return packet
+        key = (packet.session_id, packet.seq_no)
+        self.store[key].append(packet)
+        self.counts[key] += 1
+        if self.counts[key] >= self.N:
+            merged = self._merge_packets(self.store[key])
+            del self.store[key]
+            del self.counts[key]
+            return merged
+        return None
+
+    def _merge_packets(self, packets: list[Any]) -> Any:
+        """One packet from ``packets``: a copy of the first with ``data = {"inputs": [...]}``
+        (each member's data parsed from JSON, in order) and the members' files concatenated.
+
+        A subclass may override it; the server then calls it for each complete group
+        (the group is still formed by the server, with its bounds and timeout).
+        """
+        merged = copy.deepcopy(packets[0])
+        merged.data = {"inputs": [_data_of(p) for p in packets]}
+        merged.files = [f for p in packets for f in p.files]
+        return merged
+
+    def forget(self, key: tuple[str, int]) -> None:
+        """Drop what ``store`` and ``counts`` hold for ``key`` (the server calls it when it
+        evicts or flushes that group, so an overridden ``process_packet`` starts afresh)."""
+        self.store.pop(key, None)
+        self.counts.pop(key, None)
+
+
+def _data_of(packet: Any) -> Any:
+    """A packet's data as a value: JSON text parsed, an already merged value as is."""
+    data = packet.data
+    if isinstance(data, str | bytes):
+        return json.loads(data) if data else {}
+    return data
 
 
 class Batcher:

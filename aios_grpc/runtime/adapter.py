@@ -118,7 +118,9 @@ class BlockAdapter:
         mux = self._call_config("get_muxer")
         if mux is not None and not isinstance(mux, Muxer):
             raise ConfigurationError(f"{self.name}.get_muxer() must return a Muxer or None, got {_short(mux)}")
-        return None if mux is None or mux.N <= 1 else mux
+        if mux is None or (mux.N <= 1 and type(mux).process_packet is Muxer.process_packet):
+            return None  # nothing to merge (a subclass's own process_packet runs even at N=1)
+        return mux
 
     def batcher(self) -> Batcher | None:
         """The block's scheduler batcher (``get_batcher()``), checked; None when it has none."""
