@@ -40,6 +40,7 @@ from aios_grpc.packet import AIOSPacket
 from aios_grpc.routing import Router
 from aios_grpc.runtime.adapter import BlockAdapter
 from aios_grpc.runtime.batch_stage import BatchStage
+from aios_grpc.runtime.blame import BlockErrorLog
 from aios_grpc.runtime.mux_stage import MuxStage
 from aios_grpc.runtime.partials import Partials
 from aios_grpc.runtime.queue import JobQueue
@@ -78,6 +79,8 @@ class Scheduler(Workers, Partials):
         self.mux_stage: MuxStage | None = None
         self.batch_stage: BatchStage | None = None
         self.watchdog = LoopWatchdog(settings.loop_block_threshold_s, self._on_loop_lag)
+        # Failures of the block's code, logged for its author (rate-limited per call site).
+        self.block_errors = BlockErrorLog(block.name)
         self.in_flight = 0
         self.accepting = True
         self.completed = 0
@@ -219,6 +222,7 @@ class Scheduler(Workers, Partials):
         if self.mux_stage is not None:
             self.mux_stage.flush("server is shutting down")
         await self.watchdog.stop()
+        self.block_errors.flush()
         if self._queue is not None:
             while not self._queue.empty():
                 job = self._queue.get_nowait()
@@ -395,6 +399,8 @@ class Scheduler(Workers, Partials):
             self._partial_routes.pop(job, None)  # those already sent finish on their own
             if not isinstance(res, PacketError):
                 log.error("packet %s/%s failed: %r", job.packet.session_id, job.packet.seq_no, res)
+            else:
+                self.block_errors.report(res, job.packet.session_id, job.packet.seq_no)
             self.answer(job, Result(Kind.ERROR, error=res))
             return
         if self._routes(job):
