@@ -1,10 +1,11 @@
 """``HeartbeatPublisher``: an instance tells Redis, every few seconds, how it is doing.
 
 A heartbeat carries the instance's health (the same verdict as its gRPC health
-status, with the reason), its load (packets in flight, queued, open streams), its
-packet totals with a short history (for error-rate policies) and when it last
-answered a packet. The block-health aggregator reads them. Redis being down never
-hurts the instance: the failure is logged once per outage and the next beat retries.
+status, with the reason, and the last value of the block's ``health()``), its load
+(packets in flight, queued, open streams), its packet totals with a short history
+(for error-rate policies) and when it last answered a packet. The block-health
+aggregator reads them. Redis being down never hurts the instance: the failure is
+logged once per outage and the next beat retries.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class HeartbeatPublisher:
             },
             packets={k: float(stats[k]) for k in ("received", "answered", "failed") if k in stats},
             history=list(self.history),
+            health=status.get("report"),
         )
 
     async def publish_once(self) -> bool:

@@ -38,6 +38,7 @@ class InstanceReport:
 
     ``history`` holds ``(unix time, packets answered, packets failed)`` samples, one per
     heartbeat, oldest first (cumulative totals), for policies that look at a window.
+    ``health`` is the last value of the block's ``health()``.
     """
 
     instance_id: str
@@ -52,6 +53,9 @@ class InstanceReport:
     packets: dict[str, float] = field(default_factory=dict)
     history: list[tuple[float, float, float]] = field(default_factory=list)
     raw: dict[str, Any] = field(default_factory=dict)
+    health: Any = None
+    """The last value the block's own ``health()`` returned (JSON), for policies on a
+    block's reported figures (a GPU temperature, a queue length)."""
 
     def age(self, now: float) -> float:
         """Seconds since the last heartbeat."""
@@ -71,6 +75,7 @@ class InstanceReport:
                 "load": self.load,
                 "packets": self.packets,
                 "history": [list(h) for h in self.history],
+                "health": self.health,
             }
         )
 
@@ -93,6 +98,7 @@ class InstanceReport:
                 packets={str(k): float(v) for k, v in dict(data.get("packets") or {}).items()},
                 history=[(float(t), float(a), float(f)) for t, a, f in data.get("history") or ()],
                 raw=data,
+                health=data.get("health"),
             )
         except (TypeError, ValueError) as exc:
             return cls(instance_id, block_id, indexed_at, healthy=False, reason=f"heartbeat does not parse: {exc}")

@@ -2,8 +2,8 @@
 
 Status is NOT_SERVING until the block's ``__init__`` finished, then follows the
 block's ``health()`` (called every ``health_interval_s`` in a thread of its own, with
-a timeout; an exception, a timeout or anything but ``{"status": "healthy"}`` is
-unhealthy and the reason is logged once per change) and the scheduler watchdog
+a timeout; see ``healthy`` for what counts as unhealthy, and the reason is logged once
+per change) and the scheduler watchdog
 (packets in flight but none answered for ``stall_s`` seconds is unhealthy), and goes
 NOT_SERVING for good when the instance drains. Both ``""`` and
 ``aios.block.v1.BlockService`` report it (the readiness probe); probes read the stored
@@ -30,6 +30,7 @@ period ends. A ``Watch`` opened after that gets the current status and ends at o
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -50,18 +51,50 @@ SERVICES = ("", SERVICE_NAME)
 LIVENESS_SERVICE = "aios.liveness"
 
 
+FAILURE_WORDS = frozenset({"unhealthy", "error", "failed", "down", "not_serving"})
+"""``status`` values (any case) of a ``health()`` dict that mean unhealthy."""
+
+
 def healthy(report: Any) -> tuple[bool, str]:
-    """Whether a ``health()`` return value means healthy, and the reason when not."""
-    if report is None or report is True:
-        return True, ""
+    """Whether a ``health()`` return value means healthy, and the reason when not.
+
+    Unhealthy is explicit (the seed lets ``health()`` return any JSON value): ``False``;
+    a dict whose ``status`` is one of ``FAILURE_WORDS`` in any case, or whose
+    ``healthy`` is false; a string that is one of those words. Anything else
+    (``{"status": "ok"}``, ``"OK"``, ``None``, a number) is healthy. A ``health()``
+    that raises or times out is unhealthy too (``HealthMonitor``).
+
+    >>> healthy({"status": "OK", "gpu_temp": 71})
+    (True, '')
+    >>> healthy({"status": "Down"})[0], healthy({"healthy": False})[0], healthy(False)[0]
+    (False, False, False)
+    """
+    if report is False:
+        return False, "health() returned False"
     if isinstance(report, dict):
         status = report.get("status")
-        if status == "healthy":
-            return True, ""
-        return False, f"health() reported status {status!r}: {report}"
-    if isinstance(report, str) and report.lower() == "healthy":
+        if isinstance(status, str) and status.lower() in FAILURE_WORDS:
+            return False, f"health() reported status {cut(status)!r}: {cut(str(report), 200)}"
+        if "healthy" in report and not report["healthy"]:
+            return False, f"health() reported healthy={cut(str(report['healthy']))}: {cut(str(report), 200)}"
         return True, ""
-    return False, f"health() returned {report!r}"
+    if isinstance(report, str) and report.lower() in FAILURE_WORDS:
+        return False, f"health() returned {cut(report)!r}"
+    return True, ""
+
+
+def cut(text: str, limit: int = 80) -> str:
+    """``text`` cut to ``limit`` characters (a block's report goes into logs and heartbeats)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def json_value(report: Any) -> Any:
+    """``report`` as a JSON value: itself when it encodes, else its ``repr`` (cut)."""
+    try:
+        json.dumps(report)
+    except (TypeError, ValueError):
+        return cut(repr(report), 200)
+    return report
 
 
 class HealthService:
@@ -207,7 +240,7 @@ class HealthMonitor:
             return False, f"health() took longer than {self.timeout_s}s"
         except Exception as exc:
             return False, f"health() raised {type(exc).__name__}: {exc}"
-        self.last_report = report
+        self.last_report = json_value(report)
         return healthy(report)
 
     async def _in_thread(self, method: Any) -> Any:
@@ -242,6 +275,15 @@ class HealthMonitor:
     def status(self) -> dict[str, Any]:
         """What heartbeats publish: serving, the reason when not, the last ``health()`` report."""
         return {"serving": self.serving, "reason": self.reason, "report": self.last_report}
+
+    async def health_action(self, data: dict[str, Any]) -> dict[str, Any]:
+        """The management action ``aios.health``: ``{"serving", "data"}`` (the last
+        ``health()`` value; None before the first check or when it raised at once),
+        plus ``reason`` when not serving."""
+        answer: dict[str, Any] = {"serving": self.serving, "data": self.last_report}
+        if not self.serving:
+            answer["reason"] = self.reason
+        return answer
 
     async def _loop(self) -> None:
         while not self.draining:

@@ -29,3 +29,20 @@ class Broken(Policy):
 
 
 NotAClass = 42
+
+
+class GpuTemperature(Policy):
+    """Unhealthy when an instance's own health() reports ``gpu_temp`` above ``max_c``."""
+
+    def __init__(self, max_c: float = 80.0) -> None:
+        self.max_c = max_c
+
+    def check(self, block_id, instances, now):
+        hot = {
+            i.instance_id: i.health["gpu_temp"]
+            for i in instances
+            if isinstance(i.health, dict) and i.health.get("gpu_temp", 0) > self.max_c
+        }
+        if hot:
+            return Verdict(False, f"GPU above {self.max_c:g} C on {sorted(hot)}")
+        return Verdict(True, "")

@@ -85,7 +85,7 @@ def test_live_instances_publish_and_the_block_is_healthy(serve: Any, redis_serve
 
     # health() of one instance turns unhealthy: its next heartbeat says so, with the reason.
     with BlockClient(first.address) as client:
-        client.management("health", {"status": "degraded"})
+        client.management("health", {"status": "unhealthy"})
 
         def sick() -> bool:
             return not get(http.port, "/block/health/live")[1]["healthy"]
@@ -94,7 +94,7 @@ def test_live_instances_publish_and_the_block_is_healthy(serve: Any, redis_serve
         body = get(http.port, "/block/health/live")[1]
         [bad] = [i for i in body["instances"] if not i["healthy"]]
         assert bad["instanceId"] == "i-1"
-        assert "health() reported status 'degraded'" in bad["reason"]
+        assert "health() reported status 'unhealthy'" in bad["reason"]
         assert body["reason"].startswith("DefaultPolicy: 1 of 2 instances unhealthy")
         client.management("health", {"status": "healthy"})
         wait_for(lambda: get(http.port, "/block/health/live")[1]["healthy"], what="recovery")

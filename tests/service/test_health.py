@@ -58,7 +58,7 @@ def test_health_follows_the_blocks_health_method(serve):
     served = serve(FlakyHealthBlock, health_interval_s=0.05)
     with BlockClient(served.address) as client:
         assert client.health() == "SERVING"
-        FlakyHealthBlock.status = {"status": "degraded"}
+        FlakyHealthBlock.status = {"status": "unhealthy"}
         _wait_for(client, "NOT_SERVING")
         FlakyHealthBlock.status = {"status": "healthy"}
         _wait_for(client, "SERVING")
@@ -100,7 +100,7 @@ def test_a_slow_on_data_does_not_stall_health_or_the_control_plane(serve):
 
 
 def test_liveness_stays_serving_while_health_is_unhealthy_and_fails_when_the_scheduler_stalls(serve):
-    FlakyHealthBlock.status = {"status": "degraded"}
+    FlakyHealthBlock.status = {"status": "unhealthy"}
     served = serve(FlakyHealthBlock, health_interval_s=0.05)
     with BlockClient(served.address) as client:
         _wait_for(client, "NOT_SERVING")

@@ -83,7 +83,7 @@ def test_transitions_start_unhealthy_healthy_drain(spawn: Any) -> None:
         assert cli_health(proc.address, SERVICE).returncode == 0
 
         with BlockClient(proc.address) as client:
-            client.management("health", {"status": "degraded", "gpu": "hot"})
+            client.management("health", {"status": "Down", "gpu": "hot"})
             for w in watchers:
                 w.wait(3)
             assert check(proc.address, "") == check(proc.address, SERVICE) == "NOT_SERVING"
@@ -110,7 +110,7 @@ def test_transitions_start_unhealthy_healthy_drain(spawn: Any) -> None:
         for w in watchers:
             w.close()
     log = proc.rest_of_log()
-    assert "health() reported status 'degraded'" in log
+    assert "health() reported status 'Down'" in log
     assert "health() raised RuntimeError: GPU lost" in log
     assert "NOT_SERVING (draining)" in log
 
