@@ -37,7 +37,7 @@ class Block:
 
     def run(self) -> None:
         """Serve until SIGTERM or SIGINT, then drain and return."""
-        configure_logging(self.settings.log_level)
+        configure_logging(self.settings.log_level, self.settings.log_format)
         asyncio.run(self.serve())
         # A block call still running past the grace period must not hold the exit: the
         # interpreter would otherwise wait for its worker thread at shutdown.

@@ -32,9 +32,12 @@ from aios_grpc.routing import GraphRouter, Router
 from aios_grpc.runtime import Scheduler
 from aios_grpc.runtime.adapter import BlockAdapter
 from aios_grpc.runtime.control import ControlPlane
+from aios_grpc.service.auth import TokenAuth
 from aios_grpc.service.health import HealthMonitor
 from aios_grpc.service.reflection import enable_reflection
 from aios_grpc.service.servicer import BlockServicer
+from aios_grpc.service.stream import StreamLimits
+from aios_grpc.service.tls import ServerTls
 from aios_grpc.settings import Settings, load_settings
 from aios_grpc.telemetry import Telemetry, make_telemetry
 
@@ -57,6 +60,9 @@ class BlockServer:
             raise ConfigurationError(f"Block needs a class, got {block_class!r}")
         self.block_class = block_class
         self.settings = settings or load_settings()
+        # Tokens and TLS are checked here, so that a misconfiguration fails before anything starts.
+        self.auth = TokenAuth.from_settings(self.settings)
+        self.tls = ServerTls.from_settings(self.settings)
         self.context = context or Context.from_settings(self.settings)
         self.telemetry = telemetry or make_telemetry(self.settings)
         # Routes by output_ptr; a packet with an empty pointer takes the fast path to the caller.
@@ -65,7 +71,7 @@ class BlockServer:
         self.health = HealthMonitor(
             self.settings.health_interval_s, self.settings.health_timeout_s, stall_s=self.settings.health_stall_s
         )
-        self.servicer = BlockServicer(self.settings.stream_max_in_flight)
+        self.servicer = BlockServicer(self.settings.stream_max_in_flight, StreamLimits.from_settings(self.settings))
         self.telemetry.bind(
             {
                 "queue_depth": lambda: self.scheduler.queue_depth if self.scheduler is not None else 0,
@@ -104,16 +110,21 @@ class BlockServer:
                 ("grpc.max_send_message_length", limit),
                 ("grpc.so_reuseport", 0),
                 *self._window_options(),
-            ]
+            ],
+            interceptors=[self.auth] if self.auth is not None else None,
         )
         self._server = server
         pb_grpc.add_BlockServiceServicer_to_server(self.servicer, server)
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
-        enable_reflection(server, [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name])
+        if self.settings.reflection != "off":
+            enable_reflection(server, [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name])
         try:
-            self.port = server.add_insecure_port(self.settings.address)
+            if self.tls is not None:
+                self.port = server.add_secure_port(self.settings.address, self.tls.credentials())
+            else:
+                self.port = server.add_insecure_port(self.settings.address)
         except RuntimeError as exc:
             raise ConfigurationError(f"cannot bind {self.settings.address}: {exc}") from None
         await self.telemetry.start()
@@ -121,7 +132,11 @@ class BlockServer:
         await server.start()
         self._serving = True
         log.info(
-            "listening on %s (block %s, instance %s)", self.address, self.settings.block_id, self.settings.instance_id
+            "listening on %s%s (block %s, instance %s)",
+            self.address,
+            "" if self.tls is None else " with mutual TLS" if self.tls.mutual else " with TLS",
+            self.settings.block_id,
+            self.settings.instance_id,
         )
         await self._init_block()
 
@@ -154,6 +169,7 @@ class BlockServer:
         await scheduler.start()
         ref = f"{self.block_class.__module__}:{self.block_class.__qualname__}"
         control = ControlPlane(adapter, scheduler, self.context.block_init_parameters, ref)
+        control.actions["aios.health"] = self.health.health_action
         self.scheduler = scheduler
         self.control = control
         if self.redis is not None:
@@ -266,13 +282,18 @@ def _bind_problem(host: str, port: int) -> str:
     return "address already in use (AIOS_PORT or --port; 0 picks a free one)" if infos else ""
 
 
-def configure_logging(level: str) -> None:
-    """One line per record on stderr for the ``aios_grpc`` loggers."""
+def configure_logging(level: str, fmt: str = "text") -> None:
+    """One line per record on stderr for the ``aios_grpc`` loggers (``fmt``: ``text`` or ``json``)."""
     logger = logging.getLogger("aios_grpc")
     if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logger.addHandler(handler)
+        logger.addHandler(logging.StreamHandler(sys.stderr))
+    for handler in logger.handlers:
+        if fmt == "json":
+            from aios_grpc.telemetry._logs import JsonFormatter
+
+            handler.setFormatter(JsonFormatter())
+        else:
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logger.setLevel(level)
     logger.propagate = False
 

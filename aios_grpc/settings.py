@@ -88,6 +88,19 @@ class Settings(BaseSettings):
     """Largest gRPC message received or sent."""
     max_files_per_packet: int = Field(64, ge=0, validation_alias=_env("MAX_FILES_PER_PACKET"))
     """Files one packet may carry; more is answered INVALID_ARGUMENT."""
+    max_session_id_bytes: int = Field(256, ge=1, validation_alias=_env("MAX_SESSION_ID_BYTES"))
+    """Longest ``session_id`` (UTF-8 bytes) a packet may carry; longer is answered INVALID_ARGUMENT."""
+    max_json_depth: int = Field(64, ge=1, le=500, validation_alias=_env("MAX_JSON_DEPTH"))
+    """Deepest nesting of objects and arrays in a packet's JSON ``data`` or a control-plane
+    ``Struct``; deeper is answered INVALID_ARGUMENT."""
+    stream_max_unsent_bytes: int = Field(4 * 1024 * 1024, ge=1024, validation_alias=_env("STREAM_MAX_UNSENT_BYTES"))
+    """Bytes of results one Process stream may hold unwritten (with the results of the packets it
+    has in flight, reckoned at the stream's largest result); past it the server stops reading it."""
+    max_streams: int = Field(256, ge=1, validation_alias=_env("MAX_STREAMS"))
+    """Process streams open at once; one more is refused RESOURCE_EXHAUSTED."""
+    max_parameters_bytes: int = Field(1024 * 1024, ge=1024, validation_alias=_env("MAX_PARAMETERS_BYTES"))
+    """Largest SetParameters update, and largest set of stored parameters (JSON bytes); an update
+    over either is refused INVALID_ARGUMENT before ``on_update`` sees it."""
     validate_json: bool = Field(True, validation_alias=_env("VALIDATE_JSON"))
     """Check that a packet's non-empty ``data`` is JSON before the block sees it."""
     grace_period_s: float = Field(10.0, ge=0, validation_alias=_env("GRACE_PERIOD_S"))
@@ -98,9 +111,33 @@ class Settings(BaseSettings):
     """A ``health()`` call slower than this counts as unhealthy."""
     log_level: str = Field("INFO", validation_alias=_env("LOG_LEVEL"))
     """Logging level of the ``aios_grpc`` logger."""
+    log_format: str = Field("text", validation_alias=_env("LOG_FORMAT"))
+    """``text`` (one line per record) or ``json`` (one JSON object per line, with ``trace_id`` and
+    ``span_id`` when the record is about a traced packet)."""
     gc_freeze: bool = Field(True, validation_alias=_env("GC_FREEZE"))
     """Once the block is ready, keep every object alive then (modules, the model) out of later
     garbage-collector passes (``gc.freeze``); undone when the server stops."""
+
+    # Security: tokens, TLS (docs/security.md). Token fields stay out of repr and error messages.
+    auth_tokens: list[str] = Field(default_factory=list, repr=False, validation_alias=_env("AUTH_TOKENS"))
+    """Bearer tokens (JSON list) accepted on the data plane (Process); empty with no file: the data plane is open."""
+    auth_tokens_file: str = Field("", validation_alias=_env("AUTH_TOKENS_FILE"))
+    """File of data-plane tokens, one a line (added to AIOS_AUTH_TOKENS), re-read when it changes."""
+    control_tokens: list[str] = Field(default_factory=list, repr=False, validation_alias=_env("CONTROL_TOKENS"))
+    """Bearer tokens (JSON list) for the control plane (SetParameters, Management, GetInfo); unset: the
+    data-plane tokens guard it too. Control tokens are accepted on the data plane as well."""
+    control_tokens_file: str = Field("", validation_alias=_env("CONTROL_TOKENS_FILE"))
+    """File of control-plane tokens, one a line (added to AIOS_CONTROL_TOKENS), re-read when it changes."""
+    reflection: str = Field("auto", validation_alias=_env("REFLECTION"))
+    """Server reflection: ``auto`` (needs a data-plane token when those are set), ``open``, ``off``."""
+    tls_cert_file: str = Field("", validation_alias=_env("TLS_CERT_FILE"))
+    """PEM certificate chain of the server; with AIOS_TLS_KEY_FILE the port serves TLS only."""
+    tls_key_file: str = Field("", validation_alias=_env("TLS_KEY_FILE"))
+    """PEM private key of AIOS_TLS_CERT_FILE."""
+    tls_client_ca_file: str = Field("", validation_alias=_env("TLS_CLIENT_CA_FILE"))
+    """PEM CA certificates; set: mutual TLS, every client must present a certificate they signed."""
+    tls_reload_s: float = Field(5.0, ge=0, validation_alias=_env("TLS_RELOAD_S"))
+    """Seconds between checks of the certificate files (and token files) for rotation; 0: every handshake/call."""
 
     # Scheduler: muxing, batching, loop watchdog
     mux_timeout_s: float = Field(30.0, gt=0, validation_alias=_env("MUX_TIMEOUT_S"))
@@ -116,9 +153,15 @@ class Settings(BaseSettings):
 
     # Routing (output_ptr targets)
     route_allow: list[str] = Field(default_factory=list, validation_alias=_env("ROUTE_ALLOW"))
-    """``host:port`` glob patterns (JSON list) of routing targets; empty allows none."""
-    route_allow_queues: list[str] = Field(default_factory=lambda: ["*"], validation_alias=_env("ROUTE_ALLOW_QUEUES"))
-    """Glob patterns (JSON list) of Redis queue names that outputs may be pushed to."""
+    """``host:port`` patterns (JSON list) of routing targets, a ``*`` within one host label or the
+    port (``10.0.*.*:50051``, ``*.ns.svc.cluster.local:50051``); empty allows none."""
+    route_allow_queues: list[str] = Field(default_factory=list, validation_alias=_env("ROUTE_ALLOW_QUEUES"))
+    """Glob patterns (JSON list) of Redis queue names that outputs may be pushed to; empty allows none.
+    The block's own ingress stream and list, its parameter updates list and the keys under
+    AIOS_REDIS_KEY_PREFIX are targets only when listed by exact name."""
+    route_tls: list[dict[str, Any]] = Field(default_factory=list, repr=False, validation_alias=_env("ROUTE_TLS"))
+    """Per-target link security (JSON list, first match wins): ``{"pattern": "host:port glob", "ca_file",
+    "cert_file", "key_file", "token", "token_file", "server_name", "tls"}`` (docs/security.md)."""
     route_retry_timeout_s: float = Field(10.0, gt=0, validation_alias=_env("ROUTE_RETRY_TIMEOUT_S"))
     """Seconds a down target is retried before the input is answered UNAVAILABLE."""
     route_answer_timeout_s: float = Field(60.0, gt=0, validation_alias=_env("ROUTE_ANSWER_TIMEOUT_S"))
@@ -127,6 +170,11 @@ class Settings(BaseSettings):
     """First retry delay for a down target (doubles per failure, with jitter)."""
     route_backoff_max_s: float = Field(2.0, gt=0, validation_alias=_env("ROUTE_BACKOFF_MAX_S"))
     """Cap of the retry delay for a down target."""
+    route_max_fanout: int = Field(1024, ge=1, validation_alias=_env("ROUTE_MAX_FANOUT"))
+    """Most sends one input packet may cause in all, over every hop of its graph (its descendants); a
+    budget carried in the ``aios-fanout`` header, each hop keeping the smaller of it and its own."""
+    route_max_hops: int = Field(64, ge=1, validation_alias=_env("ROUTE_MAX_HOPS"))
+    """Most blocks a routed packet may pass through (the ``aios-hops`` header)."""
 
     # Redis (all optional: without AIOS_REDIS_URL everything stays in memory)
     redis_url: str = Field("", validation_alias=_env("REDIS_URL"))
@@ -164,6 +212,8 @@ class Settings(BaseSettings):
     # Observability: metrics, traces, health watchdog, heartbeats
     metrics_port: int = Field(9464, ge=-1, le=65535, validation_alias=_env("METRICS_PORT"))
     """Port of the Prometheus endpoint (``GET /metrics``, on AIOS_HOST); 0 picks a free one; -1: off."""
+    metrics_host: str = Field("", validation_alias=_env("METRICS_HOST"))
+    """Address the metrics endpoint binds; empty: AIOS_HOST (set 0.0.0.0 for a Prometheus scrape in a pod)."""
     tracing: str = Field("auto", validation_alias=_env("TRACING"))
     """Traces: ``auto`` (on when OTEL_TRACES_EXPORTER or OTEL_EXPORTER_OTLP_ENDPOINT is set), ``on``, ``off``."""
     tracing_stages: bool = Field(True, validation_alias=_env("TRACING_STAGES"))
@@ -183,6 +233,22 @@ class Settings(BaseSettings):
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ValueError(f"unknown log level {value!r}")
         return level
+
+    @field_validator("reflection")
+    @classmethod
+    def _reflection(cls, value: str) -> str:
+        mode = value.strip().lower()
+        if mode not in {"auto", "open", "off"}:
+            raise ValueError(f"reflection must be auto, open or off, not {value!r}")
+        return mode
+
+    @field_validator("log_format")
+    @classmethod
+    def _log_format(cls, value: str) -> str:
+        fmt = value.strip().lower()
+        if fmt not in {"text", "json"}:
+            raise ValueError(f"log format must be text or json, not {value!r}")
+        return fmt
 
     @field_validator("tracing")
     @classmethod
@@ -210,6 +276,10 @@ def load_settings(**overrides: Any) -> Settings:
 
 AnySettings = TypeVar("AnySettings", bound=BaseSettings)
 
+SECRET_VARIABLES = frozenset({"AIOS_AUTH_TOKENS", "AIOS_CONTROL_TOKENS", "AIOS_ROUTE_TLS"})
+"""Variables that hold tokens: an error about one never shows its value."""
+_HIDDEN = "<hidden>"
+
 
 def build_settings(model: type[AnySettings], overrides: dict[str, Any]) -> AnySettings:
     """``model(**overrides)``; a bad value is a one-line ``ConfigurationError`` naming its variable."""
@@ -220,8 +290,8 @@ def build_settings(model: type[AnySettings], overrides: dict[str, Any]) -> AnySe
         for err in exc.errors():
             name = str(err["loc"][0]) if err["loc"] else "?"
             env = name if name.isupper() else f"AIOS_{name.upper()}"
-            shown = os.environ.get(env, err.get("input"))
-            problems.append(f"{env}={shown!r}: {err['msg']}")
+            shown = _HIDDEN if env in SECRET_VARIABLES else repr(os.environ.get(env, err.get("input")))
+            problems.append(f"{env}={shown}: {err['msg']}")
         raise ConfigurationError("invalid settings: " + "; ".join(problems)) from None
     except SettingsError as exc:
         # pydantic-settings fails before validation when a JSON-typed variable (a dict
@@ -229,7 +299,7 @@ def build_settings(model: type[AnySettings], overrides: dict[str, Any]) -> AnySe
         found = re.search(r'field "(\w+)"', str(exc))
         field = found.group(1) if found else ""
         env = _set_variable(model, field) if field else ""
-        shown = f"={os.environ[env]!r}" if env in os.environ else ""
+        shown = "" if env not in os.environ else f"={_HIDDEN}" if env in SECRET_VARIABLES else f"={os.environ[env]!r}"
         reason = f": {exc.__cause__}" if exc.__cause__ else ""
         raise ConfigurationError(
             f"invalid settings: {env or field or 'environment'}{shown}: not valid JSON{reason}"

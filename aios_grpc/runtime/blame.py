@@ -72,8 +72,12 @@ class BlockErrorLog:
         self._windows: dict[Site, _Window] = {}
         self._last: BaseException | None = None
 
-    def report(self, exc: BaseException, session_id: str, seq_no: int) -> None:
-        """Log ``exc``, the error a packet is answered with, when block code caused it."""
+    def report(self, exc: BaseException, session_id: str, seq_no: int, traceparent: str | None = None) -> None:
+        """Log ``exc``, the error a packet is answered with, when block code caused it.
+
+        ``traceparent`` (the packet's W3C trace context) goes on the record, so that JSON
+        logs carry the packet's trace and span ids.
+        """
         if isinstance(exc, BlockCodeError):
             level = logging.ERROR
         elif isinstance(exc, PreprocessRejected | ProcessingFailed):
@@ -103,14 +107,22 @@ class BlockErrorLog:
         window.logged += 1
         more = " (further failures here are counted)" if window.logged == self.burst else ""
         packet = f"session {_shown(session_id)} seq_no {seq_no}"
+        extra = {"traceparent": traceparent} if traceparent else None
         if level == logging.ERROR:
             origin = f" at {where[0]}:{where[1]}" if where else ""
             trace = f"\n{_traceback(cause)}" if cause is not None else ""
             log.error(
-                "block code failed in %s%s on packet %s: %s%s%s", method, origin, packet, _shown(exc, 500), more, trace
+                "block code failed in %s%s on packet %s: %s%s%s",
+                method,
+                origin,
+                packet,
+                _shown(exc, 500),
+                more,
+                trace,
+                extra=extra,
             )
         else:
-            log.warning("%s refused packet %s: %s%s", method, packet, _shown(exc, 500), more)
+            log.warning("%s refused packet %s: %s%s", method, packet, _shown(exc, 500), more, extra=extra)
 
     def flush(self) -> None:
         """Log the counts not reported yet (at shutdown)."""

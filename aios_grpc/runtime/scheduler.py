@@ -400,7 +400,9 @@ class Scheduler(Workers, Partials):
             if not isinstance(res, PacketError):
                 log.error("packet %s/%s failed: %r", job.packet.session_id, job.packet.seq_no, res)
             else:
-                self.block_errors.report(res, job.packet.session_id, job.packet.seq_no)
+                # The packet's span (tracing on) or the caller's trace context, for JSON logs.
+                traceparent = getattr(job.span, "key", None) or (job.trace or {}).get("traceparent")
+                self.block_errors.report(res, job.packet.session_id, job.packet.seq_no, traceparent)
             self.answer(job, Result(Kind.ERROR, error=res))
             return
         if self._routes(job):

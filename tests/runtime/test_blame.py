@@ -122,3 +122,28 @@ def test_one_failed_batch_is_logged_once_and_caller_errors_not_at_all() -> None:
         assert len(handler.records) == 1
     finally:
         logging.getLogger("aios_grpc.block").removeHandler(handler)
+
+
+def test_json_logs_are_one_object_per_line_with_the_packets_trace_ids(spawn: Any) -> None:
+    env = {
+        "AIOS_VALIDATE_JSON": "false",
+        "AIOS_LOG_FORMAT": "json",
+        "AIOS_TRACING": "on",
+        "OTEL_TRACES_EXPORTER": "none",
+    }
+    server = spawn("tests.runtime.test_blame:ParsingBlock", env=env)
+    trace_id = "0af7651916cd43dd8448eb211c80319c"
+    with BlockClient(server.address) as client:
+        stream = client.stream(timeout=30)
+        headers = {"traceparent": f"00-{trace_id}-b7ad6b7169203331-01"}
+        stream.send(make_packet({"raise": "bad\nline"}, session_id="s", seq_no=1, headers=headers))
+        stream.close()
+        assert [r.error.code for r in stream.results() if r.error] == [grpc.StatusCode.INTERNAL]
+    server.proc.send_signal(signal.SIGTERM)
+    server.proc.wait(30)
+    entries = [json.loads(line) for line in server.rest_of_log().splitlines()]  # every line is JSON
+    (failed,) = [e for e in entries if e["logger"] == "aios_grpc.block"]
+    assert failed["level"] == "ERROR" and "ParsingBlock.on_data" in failed["message"]
+    assert "Traceback" in failed["message"]
+    assert failed["trace_id"] == trace_id and len(failed["span_id"]) == 16
+    assert {"ts", "level", "logger", "message"} <= set(entries[0])
