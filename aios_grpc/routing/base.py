@@ -18,6 +18,10 @@ class Router:
         """Whether ``route`` must be awaited for this job (False: fast path, to the caller)."""
         return False
 
+    def check(self, job: Job) -> None:
+        """Refuse ``job`` before the block runs it (a bad or refused ``output_ptr``) by raising a
+        ``PacketError``. Called from a worker thread, only for a packet with a non-empty pointer."""
+
     async def route(self, job: Job, outputs: list[AIOSPacket]) -> list[AIOSPacket]:
         """Deliver ``outputs`` to their targets; return those that go back to the caller.
 

@@ -17,6 +17,7 @@ True
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import Counter
@@ -24,12 +25,13 @@ from typing import TYPE_CHECKING, TypeVar
 
 from redis.exceptions import ResponseError as RedisResponseError
 
+from aios_grpc._text import quote
 from aios_grpc.converters import code_from_number, packet_from_proto, packet_to_proto
-from aios_grpc.errors import DeadlineExceeded, DownstreamError, InvalidPacket, LinkUnavailable, Unavailable
+from aios_grpc.errors import DeadlineExceeded, DownstreamError, InvalidPacket, LinkUnavailable, PacketError, Unavailable
 from aios_grpc.packet import AIOSPacket
 from aios_grpc.routing.base import Router
 from aios_grpc.routing.grpc_link import GrpcLink
-from aios_grpc.routing.pointer import GRPC, Target, parse_output_ptr
+from aios_grpc.routing.pointer import GRPC, Plan, Target, parse_output_ptr
 from aios_grpc.routing.policy import AllowList, Backoff
 from aios_grpc.routing.redis_link import RedisLink
 
@@ -44,7 +46,17 @@ _Link = TypeVar("_Link", GrpcLink, RedisLink)
 HOPS_HEADER = "aios-hops"
 """Packet header counting the blocks a routed packet went through."""
 MAX_HOPS = 64
-"""Most hops a routed packet may take: a graph with a cycle would otherwise loop for ever."""
+"""Default of ``AIOS_ROUTE_MAX_HOPS``: a graph with a cycle would otherwise loop for ever."""
+FANOUT_HEADER = "aios-fanout"
+"""Packet header with the sends the packet's descendants may still cause (``AIOS_ROUTE_MAX_FANOUT``)."""
+PATH_HEADER = "aios-path"
+"""Packet header with the block ids a graph packet went through (a JSON list)."""
+MAX_FANOUT = 1024
+"""Default of ``AIOS_ROUTE_MAX_FANOUT``."""
+_SWEEP_S = 0.25
+"""How often deliveries are looked at for a caller that went away or a deadline that passed."""
+_MAX_CACHED_POINTER = 4096
+"""Longest pointer text whose parsed and checked plan is kept (most packets of a graph share one)."""
 
 
 class GraphRouter(Router):
@@ -59,8 +71,19 @@ class GraphRouter(Router):
         retry_timeout_s: float = 10.0,
         answer_timeout_s: float = 60.0,
         max_message_bytes: int = 16 * 1024 * 1024,
+        max_fanout: int = MAX_FANOUT,
+        max_hops: int = MAX_HOPS,
     ) -> None:
         self.block_id = block_id
+        self.max_fanout = max_fanout
+        self.max_hops = max_hops
+        # Checked plans by pointer text, shared by the worker threads (check) and the loop
+        # (route); a plain dict, emptied when full, so that no lock is needed.
+        self._plans: dict[str, Plan] = {}
+        # Deliveries in progress and their jobs, swept for callers gone and deadlines passed.
+        self._deliveries: dict[asyncio.Future[list[AIOSPacket | BaseException | None]], Job] = {}
+        self._stopped: dict[asyncio.Future[list[AIOSPacket | BaseException | None]], PacketError] = {}
+        self._sweeper: asyncio.Task[None] | None = None
         self.allow = allow
         self.backoff = backoff or Backoff(0.05, 2.0)
         self.retry_timeout_s = retry_timeout_s
@@ -80,11 +103,13 @@ class GraphRouter(Router):
         """A router configured by ``AIOS_ROUTE_*`` settings."""
         return cls(
             settings.block_id,
-            AllowList(settings.route_allow, settings.route_allow_queues),
+            AllowList(settings.route_allow, settings.route_allow_queues, reserved=_own_queues(settings)),
             backoff=Backoff(settings.route_backoff_initial_s, settings.route_backoff_max_s),
             retry_timeout_s=settings.route_retry_timeout_s,
             answer_timeout_s=settings.route_answer_timeout_s,
             max_message_bytes=settings.max_message_bytes,
+            max_fanout=settings.route_max_fanout,
+            max_hops=settings.route_max_hops,
         )
 
     def wants(self, job: Job) -> bool:
@@ -92,31 +117,89 @@ class GraphRouter(Router):
         ptr = job.packet.output_ptr
         return bool(ptr) and ptr.strip() not in ("", "{}", "null")
 
+    def check(self, job: Job) -> None:
+        """Refuse ``job`` before its block runs: a malformed pointer, a target off the allow-list,
+        a packet past its hops or fan-out budget, a graph that led it back here."""
+        self._plan(job)
+
+    def _plan(self, job: Job) -> Plan:
+        """The checked plan of ``job``'s pointer; raises the ``PacketError`` that refuses it."""
+        packet = job.packet
+        text = packet.output_ptr
+        plan = self._plans.get(text)
+        if plan is None:
+            plan = parse_output_ptr(text, self.block_id)
+            for target in plan.targets:
+                self.allow.check(target)
+            if len(text) <= _MAX_CACHED_POINTER:
+                if len(self._plans) >= 256:
+                    self._plans.clear()
+                self._plans[text] = plan
+        if not plan.targets:
+            return plan
+        headers = packet.headers
+        if headers:
+            if _count(headers.get(HOPS_HEADER, ""), 0) >= self.max_hops:
+                raise self._refuse(
+                    job, f"output_ptr: the packet went through more than {self.max_hops} hops (a cycle in the graph?)"
+                )
+            if plan.forward_ptr and PATH_HEADER in headers and self.block_id in _path(headers[PATH_HEADER]):
+                shown = " -> ".join(quote(b, 40) for b in [*_path(headers[PATH_HEADER])[-8:], self.block_id])
+                raise self._refuse(
+                    job, f"output_ptr: the graph led the packet back to block {quote(self.block_id)} ({shown})"
+                )
+        if self._budget(headers) < len(plan.targets):
+            raise self._refuse(job, self._over_budget(len(plan.targets)))
+        return plan
+
+    def _budget(self, headers: dict[str, str] | None) -> int:
+        """Sends the packet's descendants may still cause: its header's, at most this block's limit."""
+        if not headers or FANOUT_HEADER not in headers:
+            return self.max_fanout
+        return min(self.max_fanout, _count(headers[FANOUT_HEADER], self.max_fanout))
+
+    def _over_budget(self, sends: int) -> str:
+        return (
+            f"output_ptr: {sends} sends are more than the packet's fan-out budget left "
+            f"(AIOS_ROUTE_MAX_FANOUT={self.max_fanout} over all hops; a loop in the graph?)"
+        )
+
+    @staticmethod
+    def _refuse(job: Job, message: str) -> InvalidPacket:
+        log.warning("packet %s/%s refused: %s", quote(job.packet.session_id), job.packet.seq_no, message)
+        return InvalidPacket(message, stage="route")
+
     async def route(self, job: Job, outputs: list[AIOSPacket]) -> list[AIOSPacket]:
         """Deliver every output to every target; return what downstream blocks sent back."""
-        plan = parse_output_ptr(job.packet.output_ptr, self.block_id)
+        plan = self._plan(job)
         if not plan.targets:
             return outputs
-        for target in plan.targets:
-            self.allow.check(target)
-        hops = _hops(job.packet.headers.get(HOPS_HEADER, "")) + 1
-        if hops > MAX_HOPS:
-            raise InvalidPacket(
-                f"output_ptr: the packet went through more than {MAX_HOPS} hops (a cycle in the graph?)",
-                stage="route",
-            )
         if not outputs:
             return []
+        headers = job.packet.headers
+        hops = _count(headers.get(HOPS_HEADER, ""), 0) + 1 if headers else 1
+        sends_n = len(outputs) * len(plan.targets)
+        budget = self._budget(headers)
+        if sends_n > budget:
+            raise self._refuse(job, self._over_budget(sends_n))
+        share = str((budget - sends_n) // sends_n)  # each send's descendants may cause this many more
+        path = ""
+        if plan.forward_ptr:  # a graph: the next hops must not lead it back here
+            seen = _path(headers.get(PATH_HEADER, "")) if headers else []
+            path = json.dumps([*seen, self.block_id])
         sends = []
         for output in outputs:
             msg = packet_to_proto(output)
             msg.output_ptr = plan.forward_ptr
             msg.headers[HOPS_HEADER] = str(hops)
+            msg.headers[FANOUT_HEADER] = share
+            if path:
+                msg.headers[PATH_HEADER] = path
             if job.deadline and not msg.deadline:
                 msg.deadline = time.time() + (job.deadline - time.monotonic())  # wall clock on the wire
             for target in plan.targets:
                 sends.append(self._deliver(target, msg, job.deadline))
-        results = await asyncio.gather(*sends, return_exceptions=True)
+        results = await self._watched(job, asyncio.gather(*sends, return_exceptions=True))
         back: list[AIOSPacket] = []
         for res in results:
             if isinstance(res, BaseException):
@@ -124,6 +207,43 @@ class GraphRouter(Router):
             if res is not None:
                 back.append(res)
         return back
+
+    async def _watched(
+        self, job: Job, delivery: asyncio.Future[list[AIOSPacket | BaseException | None]]
+    ) -> list[AIOSPacket | BaseException | None]:
+        """Await ``delivery``, stopped (its sends cancelled, so they leave the links and are not
+        retried) once ``job``'s caller is gone or its deadline passed."""
+        self._deliveries[delivery] = job
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.create_task(self._sweep(), name="aios-route-sweeper")
+        try:
+            return await delivery
+        except asyncio.CancelledError:
+            stopped = self._stopped.pop(delivery, None)
+            if stopped is None:
+                raise
+            raise stopped from None
+        finally:
+            self._deliveries.pop(delivery, None)
+            self._stopped.pop(delivery, None)
+
+    async def _sweep(self) -> None:
+        """Stop the deliveries whose caller went away or whose deadline passed (one task for all)."""
+        while self._deliveries:
+            await asyncio.sleep(_SWEEP_S)
+            now = time.monotonic()
+            for delivery, job in list(self._deliveries.items()):
+                if delivery.done():
+                    continue
+                if job.deadline and now > job.deadline:
+                    why: PacketError = DeadlineExceeded("packet deadline passed while it was routed", stage="route")
+                elif getattr(job.reply, "gone", False):
+                    why = Unavailable("the packet's caller is gone: routing stopped", stage="route")
+                else:
+                    continue
+                log.info("packet %s/%s: %s", quote(job.packet.session_id), job.packet.seq_no, why.message)
+                self._stopped[delivery] = why
+                delivery.cancel()
 
     async def _deliver(self, target: Target, msg: object, deadline: float = 0.0) -> AIOSPacket | None:
         """Send ``msg`` to ``target``; ``deadline`` (``time.monotonic()``, 0: none) bounds a gRPC wait."""
@@ -222,6 +342,8 @@ class GraphRouter(Router):
 
     async def close(self) -> None:
         """Close every link (packets still waiting are answered UNAVAILABLE)."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         links: list[GrpcLink | RedisLink] = [*self.grpc_links.values(), *self.redis_links.values()]
         self.grpc_links.clear()
         self.redis_links.clear()
@@ -231,12 +353,30 @@ class GraphRouter(Router):
             await asyncio.gather(*self._closing, return_exceptions=True)
 
 
-def _hops(text: str) -> int:
-    """The hop count a packet arrived with (0 when absent or not a number)."""
+def _own_queues(settings: Settings) -> list[str]:
+    """The block's own Redis keys, which a packet may name as a target only when listed by name."""
+    own = [settings.redis_ingress_stream, settings.redis_ingress_list, settings.redis_parameter_updates]
+    own += [settings.redis_dead_letter_stream, f"{settings.redis_key_prefix}:"]
+    return [name for name in own if name and name != ":"]
+
+
+def _count(text: str, default: int) -> int:
+    """A count from a header (``default`` when absent or not a number; never below 0)."""
+    if not text or len(text) > 20:
+        return default
     try:
         return max(0, int(text))
     except ValueError:
-        return 0
+        return default
 
 
-__all__ = ["HOPS_HEADER", "MAX_HOPS", "GraphRouter"]
+def _path(text: str) -> list[str]:
+    """The block ids of a ``PATH_HEADER`` (empty when absent or malformed)."""
+    try:
+        path = json.loads(text) if text else []
+    except ValueError:
+        return []
+    return [b for b in path if isinstance(b, str)] if isinstance(path, list) else []
+
+
+__all__ = ["FANOUT_HEADER", "HOPS_HEADER", "MAX_FANOUT", "MAX_HOPS", "PATH_HEADER", "GraphRouter"]

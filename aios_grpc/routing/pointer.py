@@ -30,10 +30,13 @@ absent (the original form)  ``port == 0``: gRPC to ``host`` (``host`` may carry
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
+from aios_grpc._text import quote
 from aios_grpc.errors import InvalidPacket
 
 GRPC = "grpc"
@@ -42,6 +45,8 @@ REDIS_STREAM = "redis-stream"
 DEFAULT_GRPC_PORT = 50051
 MAX_TARGETS = 64
 """Most targets one ``outputs`` list may name: each output is sent to every one of them."""
+_HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*")
+"""A DNS name: dot-separated labels of letters, digits, ``-`` and ``_``, as links take it."""
 _TRANSPORTS = {
     "grpc": GRPC,
     "redis": REDIS_LIST,
@@ -93,14 +98,14 @@ def _bad(message: str) -> InvalidPacket:
 def parse_target(raw: Any) -> Target:
     """A ``Target`` from one JSON object of an ``outputs`` list."""
     if not isinstance(raw, dict):
-        raise _bad(f"a target must be a JSON object, got {raw!r:.80}")
+        raise _bad(f"a target must be a JSON object, got {quote(raw, 80)}")
     host = raw.get("host")
     if not isinstance(host, str) or not host:
-        raise _bad(f"target {raw!r:.80} has no host")
+        raise _bad(f"target {quote(raw, 80)} has no host")
     try:
         port = int(raw.get("port", 0) or 0)
-    except (TypeError, ValueError):
-        raise _bad(f"target port {raw.get('port')!r:.40} is not a number") from None
+    except (TypeError, ValueError, OverflowError):
+        raise _bad(f"target port {quote(raw.get('port'), 40)} is not a number") from None
     if not 0 <= port <= 65535:
         raise _bad(f"target port {port} is out of range")
     queue_name = raw.get("queue_name") or ""
@@ -113,24 +118,46 @@ def parse_target(raw: Any) -> Target:
     elif isinstance(named, str) and named.lower() in _TRANSPORTS:
         transport = _TRANSPORTS[named.lower()]
     else:
-        raise _bad(f"unknown transport {named!r:.40} (use grpc, redis-list or redis-stream)")
+        raise _bad(f"unknown transport {quote(named, 40)} (use grpc, redis-list or redis-stream)")
     if transport == GRPC and port == 0:
         head, sep, tail = host.rpartition(":")
-        if sep and tail.isdigit():
+        if sep and tail.isdigit() and len(tail) <= 5:
             host, port = head, int(tail)
+            if not 0 < port <= 65535:
+                raise _bad(f"target port {port} is out of range")
         else:
             port = DEFAULT_GRPC_PORT
+    _check_host(host)
     if transport != GRPC:
         if port == 0:
-            raise _bad(f"Redis target {host!r} needs a port")
+            raise _bad(f"Redis target {quote(host)} needs a port")
         if not queue_name:
-            raise _bad(f"Redis target {host}:{port} needs a queue_name")
+            raise _bad(f"Redis target {quote(host)}:{port} needs a queue_name")
     return Target(transport, host, port, queue_name, block_id)
+
+
+def _check_host(host: str) -> None:
+    """``InvalidPacket`` unless ``host`` is a literal the links take as it is: a DNS name,
+    an IPv4 address or a bracketed IPv6 address.
+
+    Anything else (``unix:/path``, ``dns:///name``, ``ipv4:a,b``, a name with spaces)
+    could make grpc read the target as another kind of address than the allow-list
+    matched.
+    """
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+            return
+        except ValueError:
+            pass
+    elif len(host) <= 253 and _HOSTNAME.fullmatch(host):
+        return
+    raise _bad(f"target host {quote(host, 80)} is not a host name or an IP address")
 
 
 def _targets(entry: Any, where: str) -> tuple[Target, ...]:
     if not isinstance(entry, dict):
-        raise _bad(f"{where} must be a JSON object, got {entry!r:.80}")
+        raise _bad(f"{where} must be a JSON object, got {quote(entry, 80)}")
     outputs = entry.get("outputs", [])
     if not isinstance(outputs, list):
         raise _bad(f"{where}.outputs must be a list")
@@ -170,7 +197,9 @@ def _check_acyclic(graph: dict[str, Any], start: str) -> None:
         seen = state.get(nxt)
         if seen == on_path:
             loop = [*path[path.index(nxt) :], nxt]
-            shown = loop if len(loop) <= 10 else [*loop[:5], f"... ({len(loop) - 8} more)", *loop[-3:]]
+            shown = [b if len(b) <= 40 and b.isprintable() else quote(b, 40) for b in loop]
+            if len(shown) > 10:
+                shown = [*shown[:5], f"... ({len(shown) - 8} more)", *shown[-3:]]
             raise _bad(f"graph has a cycle: {' -> '.join(shown)}")
         if seen is None:
             state[nxt] = on_path
@@ -200,7 +229,7 @@ def parse_output_ptr(output_ptr: str, block_id: str) -> Plan:
     if not isinstance(graph, dict):
         raise _bad("is_graph is set but graph is not a JSON object")
     if block_id not in graph:
-        raise _bad(f"graph has no entry for block {block_id!r} (entries: {sorted(graph)})")
+        raise _bad(f"graph has no entry for block {block_id!r} (entries: {quote(sorted(graph))})")
     entry = graph[block_id]
     _check_acyclic(graph, block_id)
     if entry == "final" or (isinstance(entry, dict) and entry.get("final") is True):

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from aios_grpc.errors import BlockCodeError, DeadlineExceeded, Unavailable
 from aios_grpc.job import Job, Outcome
 from aios_grpc.packet import AIOSPacket, OnDataResult
+from aios_grpc.routing import Router
 from aios_grpc.runtime.adapter import BlockAdapter
 from aios_grpc.runtime.queue import JobQueue, wake_first
 from aios_grpc.settings import Settings
@@ -59,6 +60,7 @@ class Workers:
     telemetry: Telemetry
     executor: ThreadPoolExecutor
     pipelined_arrivals: int
+    router: Router | None
     _queue: JobQueue | None
     _loop: asyncio.AbstractEventLoop | None
 
@@ -260,6 +262,9 @@ class Workers:
         if job.deadline and time.monotonic() > job.deadline:
             raise DeadlineExceeded("packet deadline passed before the block ran it", stage="deadline")
         packet = job.packet
+        if packet.output_ptr and self.router is not None:
+            # The pointer is parsed and its targets checked before the block runs, not after.
+            self.router.check(job)
         data = packet.data
         settings = self.settings
         if type(data) is not str or len(packet.files) > settings.max_files_per_packet:

@@ -35,6 +35,12 @@ class _Slot:
         self.held: list[Result] | None = None
         self.done = False
 
+    @property
+    def gone(self) -> bool:
+        """Whether the stream this slot answers on is closed (its caller went away): the router
+        stops routing a packet whose caller is gone (``job.reply.gone``)."""
+        return self.owner.closed
+
     def __call__(self, result: Result) -> None:
         # Runs once per answer: kept in one frame, with the in-order case first.
         if self.done:

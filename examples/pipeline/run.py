@@ -38,6 +38,7 @@ def start_block(name: str, cls: str) -> tuple[subprocess.Popen[str], str]:
         "AIOS_HOST": "127.0.0.1",
         "AIOS_METRICS_PORT": "0",
         "AIOS_ROUTE_ALLOW": json.dumps(["127.0.0.1:*"]),
+        "AIOS_ROUTE_ALLOW_QUEUES": json.dumps(["final"]),
         "AIOS_WORKERS": "2",
     }
     proc = subprocess.Popen(

@@ -58,6 +58,7 @@ def test_item_failing_with_a_retryable_error_is_dead_lettered_after_max_deliveri
         redis_ingress_list="jobs",
         redis_max_deliveries=3,
         route_allow=["127.0.0.1:1", f"127.0.0.1:{redis_server.port}"],
+        route_allow_queues=["out"],
         route_retry_timeout_s=0.1,
     )
     wait_for(lambda: client.llen("jobs:dead") >= 1, 30, "the dead letter")
@@ -88,6 +89,7 @@ def test_item_that_succeeds_on_a_later_delivery_is_processed_once_and_its_count_
         redis_max_deliveries=3,
         block_init_parameters={"fail_times": 2},
         route_allow=[f"127.0.0.1:{redis_server.port}"],
+        route_allow_queues=["out"],
     )
     wait_for(lambda: client.llen("out") >= 5, 30, "every item on its third delivery")
     outputs = [pb.Packet.FromString(x) for x in client.lrange("out", 0, -1)]
@@ -126,6 +128,9 @@ def test_a_killed_instance_s_items_are_processed_by_another_in_their_original_or
         "AIOS_REDIS_INGRESS_LIST": "jobs",
         "AIOS_REDIS_BATCH": "2",  # it takes up to four items at a time
         "AIOS_REDIS_CLAIM_IDLE_S": "0.3",
+        # The pointer is checked before on_data runs: allowed here too, so that it hangs there.
+        "AIOS_ROUTE_ALLOW": json.dumps([f"127.0.0.1:{redis_server.port}"]),
+        "AIOS_ROUTE_ALLOW_QUEUES": '["out"]',
         "HANG_ON_DATA": "1",
     }
     doomed = spawn("tests.redis.test_list_ingress:HangingDataBlock", env=env)
@@ -145,6 +150,7 @@ def test_a_killed_instance_s_items_are_processed_by_another_in_their_original_or
         redis_batch=1,
         redis_claim_idle_s=0.3,
         route_allow=[f"127.0.0.1:{redis_server.port}"],
+        route_allow_queues=["out"],
     )
     wait_for(lambda: client.llen("out") >= n, 30, "every recovered item")
     assert sessions_in_processing_order(client) == [f"s{i}" for i in range(n)]
@@ -173,6 +179,7 @@ def test_a_list_named_with_glob_characters_recovers_its_own_items_and_no_others(
         redis_batch=1,
         redis_claim_idle_s=0.2,
         route_allow=[f"127.0.0.1:{redis_server.port}"],
+        route_allow_queues=["out"],
     )
     wait_for(lambda: client.llen("out") >= 3, 20, "the recovered items")
     time.sleep(1.5)  # several more heartbeats: room for a decoy to be taken

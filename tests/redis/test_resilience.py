@@ -53,6 +53,7 @@ def test_list_ingress_moves_items_to_a_processing_list_and_recovers_a_dead_insta
         redis_ingress_list="jobs",
         redis_claim_idle_s=0.3,
         route_allow=[f"127.0.0.1:{redis_server.port}"],
+        route_allow_queues=["out"],
     )
     expected = {f"s{i}" for i in range(50)} | {"orphan0", "orphan1"}
 

@@ -24,7 +24,7 @@ def target(address: str, block_id: str) -> dict[str, Any]:
 
 
 def test_four_block_graph_fan_out_and_mux_delivers_every_session_once(spawn, redis_server) -> None:
-    env = {"AIOS_ROUTE_ALLOW": ALLOW, "AIOS_WORKERS": "2"}
+    env = {"AIOS_ROUTE_ALLOW": ALLOW, "AIOS_ROUTE_ALLOW_QUEUES": '["final"]', "AIOS_WORKERS": "2"}
     procs = {
         name: spawn(f"tests.blocks.graph:{cls}", env={**env, "AIOS_BLOCK_ID": name})
         for name, cls in [("a", "StageBlock"), ("b", "StageBlock"), ("c", "StageBlock"), ("d", "JoinBlock")]
@@ -59,7 +59,12 @@ def test_four_block_graph_fan_out_and_mux_delivers_every_session_once(spawn, red
 
 
 def test_chain_loses_nothing_when_the_middle_block_restarts(spawn, serve, redis_server) -> None:
-    env = {"AIOS_ROUTE_ALLOW": ALLOW, "AIOS_WORKERS": "2", "AIOS_ROUTE_RETRY_TIMEOUT_S": "30"}
+    env = {
+        "AIOS_ROUTE_ALLOW": ALLOW,
+        "AIOS_ROUTE_ALLOW_QUEUES": '["final"]',
+        "AIOS_WORKERS": "2",
+        "AIOS_ROUTE_RETRY_TIMEOUT_S": "30",
+    }
     c = spawn("tests.blocks.graph:StageBlock", env={**env, "AIOS_BLOCK_ID": "c"})
     b_port = free_port()
     b_env = {

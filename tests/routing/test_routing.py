@@ -44,7 +44,7 @@ def test_fan_out_to_grpc_blocks_answers_after_both_answered(serve) -> None:
 
 
 def test_graph_pointer_travels_hop_by_hop(serve, redis_server) -> None:
-    c = serve(StageBlock, block_id="c", route_allow=ALLOW)
+    c = serve(StageBlock, block_id="c", route_allow=ALLOW, route_allow_queues=["done"])
     b = serve(StageBlock, block_id="b", route_allow=ALLOW)
     a = serve(StageBlock, block_id="a", route_allow=ALLOW)
     graph = {
@@ -113,7 +113,9 @@ def test_down_target_gives_unavailable_after_bounded_retries(serve) -> None:
 
 
 def test_redis_list_target_gets_protobuf_packets_and_down_redis_is_unavailable(serve, redis_server) -> None:
-    a = serve(StageBlock, block_id="a", route_allow=ALLOW, route_retry_timeout_s=1.0)
+    a = serve(
+        StageBlock, block_id="a", route_allow=ALLOW, route_allow_queues=["out", "a-string"], route_retry_timeout_s=1.0
+    )
     target = {"outputs": [{"host": "127.0.0.1", "port": redis_server.port, "queue_name": "out"}]}
     assert run_one(a.address, {"v": 1}, target).ok
     raw = redis_server.client().rpop("out")
@@ -131,7 +133,7 @@ def test_redis_list_target_gets_protobuf_packets_and_down_redis_is_unavailable(s
 def test_streamed_outputs_of_a_routed_packet_go_downstream_before_its_answer(serve, redis_server) -> None:
     from tests.blocks.basic import StreamingBlock
 
-    a = serve(StreamingBlock, block_id="a", route_allow=ALLOW)
+    a = serve(StreamingBlock, block_id="a", route_allow=ALLOW, route_allow_queues=["tokens"])
     target = {"outputs": [{"host": "127.0.0.1", "port": redis_server.port, "queue_name": "tokens"}]}
     with BlockClient(a.address) as client:
         packet = make_packet({"text": "one two three"}, session_id="s", seq_no=1, output_ptr=target)
