@@ -92,7 +92,9 @@ class Observability(Telemetry):
         self._gauges: Mapping[str, Callable[[], float]] = {}  # the server's, from bind()
         self.stats = Stats()
         self._define_metrics()
-        readers, self.endpoint = build_readers(self.stats, self.resource, settings.metrics_port, settings.host)
+        readers, self.endpoint = build_readers(
+            self.stats, self.resource, settings.metrics_port, settings.metrics_host or settings.host
+        )
         readers.extend(metric_readers or [])
         self.metric_readers = readers
         self.meter_provider = MeterProvider(
@@ -136,6 +138,12 @@ class Observability(Telemetry):
             LATENCY_BOUNDS,
         )
         self.batch_size = s.histogram("aios_batch_size", "Entries per on_batch call", "", [], BATCH_BOUNDS)
+        self.control_calls = s.counter(
+            "aios_control_requests", "Control-plane calls, by RPC and gRPC status code", "", ["rpc", "code"]
+        )
+        self.control_seconds = s.histogram(
+            "aios_control_duration_seconds", "Time a control-plane call took", "s", ["rpc"], LATENCY_BOUNDS
+        )
         self.lag_seconds = s.histogram(
             "aios_event_loop_lag_seconds", "How late the event loop ran a timer", "s", [], LATENCY_BOUNDS
         )
@@ -171,6 +179,11 @@ class Observability(Telemetry):
         gauge("aios_open_streams", "Open Process streams", of("open_streams"))
         gauge("aios_muxer_open_groups", "Incomplete muxer groups", lambda: float(self._muxer_groups))
         gauge("aios_serving", "1 when the gRPC health status is SERVING", of("serving"))
+
+    def control_done(self, rpc: str, code: str, seconds: float) -> None:
+        """Count a control-plane call and time it."""
+        self.control_calls.add((rpc, code))
+        self.control_seconds.observe(seconds, (rpc,))
 
     @property
     def metrics_port(self) -> int:
