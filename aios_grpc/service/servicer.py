@@ -10,9 +10,11 @@ session's results in arrival order.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import AsyncIterator
-from typing import Any
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import grpc
 
@@ -21,16 +23,46 @@ from aios_grpc.converters import dict_to_struct, struct_to_dict, to_value
 from aios_grpc.errors import AiosError, status_of
 from aios_grpc.runtime import Scheduler
 from aios_grpc.runtime.control import ControlPlane
-from aios_grpc.service.stream import Stream
+from aios_grpc.service.stream import Stream, StreamLimits
 
 log = logging.getLogger("aios_grpc.service")
+
+
+Response = TypeVar("Response")
+Handler = Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Response]]
+
+
+def _timed(rpc: str) -> Callable[[Handler[Response]], Handler[Response]]:
+    """Count and time a control-plane RPC (``Telemetry.control_done``) with the code it ended with."""
+
+    def wrap(method: Handler[Response]) -> Handler[Response]:
+        @functools.wraps(method)
+        async def timed(self: BlockServicer, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Response:
+            start = time.perf_counter()
+            code = "OK"
+            try:
+                return await method(self, request, context)
+            except BaseException:
+                # context.abort raised: the code it set; anything else ends the call UNKNOWN.
+                found = context.code()
+                code = found.name if isinstance(found, grpc.StatusCode) else "UNKNOWN"
+                raise
+            finally:
+                scheduler = self.scheduler
+                if scheduler is not None:  # calls refused while the block starts are not counted
+                    scheduler.telemetry.control_done(rpc, code, time.perf_counter() - start)
+
+        return timed
+
+    return wrap
 
 
 class BlockServicer(pb_grpc.BlockServiceServicer):
     """Implements ``aios.block.v1.BlockService``; ready once ``attach`` was called."""
 
-    def __init__(self, stream_max_in_flight: int) -> None:
+    def __init__(self, stream_max_in_flight: int, limits: StreamLimits | None = None) -> None:
         self.scheduler: Scheduler | None = None
+        self.limits = limits or StreamLimits()
         self.control: ControlPlane | None = None
         self.ready = asyncio.Event()
         self.stream_max_in_flight = stream_max_in_flight
@@ -70,6 +102,7 @@ class BlockServicer(pb_grpc.BlockServiceServicer):
             self.stream_max_in_flight,
             context.time_remaining(),
             trace_metadata(context.invocation_metadata()),
+            self.limits,
         )
         self.open_streams += 1
         self._streams.add(stream)
@@ -90,6 +123,7 @@ class BlockServicer(pb_grpc.BlockServiceServicer):
 
     # -- control plane ---------------------------------------------------------------
 
+    @_timed("SetParameters")
     async def SetParameters(
         self, request: pb.SetParametersRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.SetParametersResponse:
@@ -100,6 +134,7 @@ class BlockServicer(pb_grpc.BlockServiceServicer):
             await context.abort(exc.code, str(exc))
         return pb.SetParametersResponse(applied=dict_to_struct(applied), parameters=dict_to_struct(current))
 
+    @_timed("Management")
     async def Management(
         self, request: pb.ManagementRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ManagementResponse:
@@ -114,6 +149,7 @@ class BlockServicer(pb_grpc.BlockServiceServicer):
             )
         return pb.ManagementResponse(result=to_value(result))
 
+    @_timed("GetInfo")
     async def GetInfo(
         self, request: pb.GetInfoRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetInfoResponse:

@@ -116,6 +116,9 @@ class Telemetry:
         """
         return fn
 
+    def control_done(self, rpc: str, code: str, seconds: float) -> None:
+        """A control-plane call (SetParameters, Management, GetInfo) ended with ``code`` (a gRPC code name)."""
+
     def bind(self, gauges: Mapping[str, Callable[[], float]], metrics: AIOSMetrics | None = None) -> None:
         """The server was built: ``gauges`` read its live values, ``metrics`` is the block's ``AIOSMetrics``.
 

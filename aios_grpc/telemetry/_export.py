@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import urlsplit
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics.export import (
@@ -27,8 +30,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import start_http_server
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+from prometheus_client.exposition import choose_encoder
 
 from aios_grpc._version import __version__
 from aios_grpc.errors import ConfigurationError
@@ -146,25 +149,39 @@ def tracer_provider_from_env(resource: Resource) -> TracerProvider:
 
 
 class MetricsEndpoint:
-    """The Prometheus text endpoint (``GET /metrics``) of one server, in a daemon thread."""
+    """The Prometheus text endpoint (``GET /metrics``) of one server, in a daemon thread.
+
+    Only ``/metrics`` answers (200, in the format the scraper's ``Accept`` asks for);
+    every other path is 404, so an HTTP probe pointed at ``/health`` by mistake fails
+    instead of reading a 200 while the server is NOT_SERVING. The registry carries the
+    process (``process_*``: CPU, memory, open files) and Python runtime (``python_info``,
+    ``python_gc_*``) collectors of prometheus_client next to the server's own metrics.
+    """
 
     def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
         self.registry = registry
         self.host = host
         self.requested_port = port
         self.port = 0
-        self._server: Any = None
+        self._server: ThreadingHTTPServer | None = None
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
 
     def start(self) -> None:
         """Bind and serve; a port in use is a ``ConfigurationError`` naming the setting."""
+        handler = type("Handler", (_MetricsHandler,), {"registry": self.registry})
+        server_class = _Server6 if ":" in self.host else ThreadingHTTPServer
         try:
-            self._server, _ = start_http_server(self.requested_port, self.host, self.registry)
+            self._server = server_class((self.host.strip("[]"), self.requested_port), handler)
         except OSError as exc:
             raise ConfigurationError(
                 f"cannot serve metrics on {self.host}:{self.requested_port} (AIOS_METRICS_PORT): {exc}; "
                 "use AIOS_METRICS_PORT=0 for a free port or -1 to turn the endpoint off"
             ) from None
+        self._server.daemon_threads = True
         self.port = int(self._server.server_port)
+        threading.Thread(target=self._server.serve_forever, name="aios-metrics", daemon=True).start()
         log.info("metrics on http://%s:%d/metrics", self.host, self.port)
 
     def stop(self) -> None:
@@ -182,6 +199,37 @@ class MetricsEndpoint:
             server.server_close()
 
         threading.Thread(target=close, name="aios-metrics-stop", daemon=True).start()
+
+
+class _MetricsHandler(BaseHTTPRequestHandler):
+    registry: CollectorRegistry
+
+    def do_GET(self) -> None:
+        if urlsplit(self.path).path != "/metrics":
+            self._send(404, b"not found: the metrics are at /metrics\n", "text/plain; charset=utf-8")
+            return
+        encode, content_type = choose_encoder(self.headers.get("Accept", ""))
+        try:
+            body = encode(self.registry)
+        except Exception as exc:  # a collector failed: say so instead of dropping the connection
+            log.exception("metrics collection failed")
+            self._send(500, f"metrics collection failed: {type(exc).__name__}\n".encode(), "text/plain")
+            return
+        self._send(200, body, content_type)
+
+    def _send(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """No access log: a scrape every few seconds would fill stderr."""
+
+
+class _Server6(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
 
 
 def build_readers(

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
+import subprocess
 import time
+import urllib.error
 import urllib.request
 from typing import Any
 
+import grpc
 import pytest
 from aios_grpc_client import BlockClient, make_packet
 from prometheus_client.parser import text_string_to_metric_families
@@ -179,3 +183,53 @@ def test_muxer_groups_batch_sizes_and_loop_lag(serve: Any) -> None:
     assert value(s, "aios_batch_size_count") == len(sizes)
     assert value(s, "aios_batch_size_sum") == 8
     assert value(s, "aios_stage_duration_seconds_count", stage="batch") == 8
+
+
+def _get(port: int, path: str) -> tuple[int, str, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+            return response.status, response.headers.get("Content-Type", ""), response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers.get("Content-Type", ""), exc.read().decode()
+
+
+def test_process_and_python_metrics_pass_promtool(serve: Any) -> None:
+    served = serve(EchoBlock)
+    with BlockClient(served.address) as client:
+        assert client.run({"i": 1}).ok
+    status, content_type, text = _get(served.server.telemetry.metrics_port, "/metrics")
+    assert status == 200 and content_type.startswith("text/plain")
+    names = {family.name for family in text_string_to_metric_families(text)}
+    assert {"process_cpu_seconds", "process_resident_memory_bytes", "process_open_fds"} <= names
+    assert {"python_info", "python_gc_collections"} <= names
+    promtool = shutil.which("promtool")  # Debian's prometheus package; the parser above otherwise
+    if promtool is not None:
+        checked = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+        # Exit 0: no errors. Lint hints (naming advice) are printed but do not fail the check.
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_only_the_metrics_path_answers(serve: Any) -> None:
+    served = serve(EchoBlock)
+    port = served.server.telemetry.metrics_port
+    for path in ("/", "/health", "/healthz", "/metrics/extra", "/favicon.ico"):
+        status, _, body = _get(port, path)
+        assert status == 404, path
+        assert "/metrics" in body
+    assert _get(port, "/metrics?name[]=x")[0] == 200
+
+
+def test_control_plane_calls_are_counted_and_timed(serve: Any) -> None:
+    served = serve(EchoBlock)
+    with BlockClient(served.address) as client:
+        client.get_info()
+        client.get_info()
+        client.set_parameters({"threshold": 0.7})
+        with pytest.raises(grpc.RpcError):
+            client.management("no.such.action", {})
+    s = scrape(served.server.telemetry.metrics_port)
+    assert value(s, "aios_control_requests_total", rpc="GetInfo", code="OK") == 2
+    assert value(s, "aios_control_requests_total", rpc="SetParameters", code="OK") == 1
+    assert value(s, "aios_control_requests_total", rpc="Management", code="UNIMPLEMENTED") == 1
+    assert value(s, "aios_control_duration_seconds_count", rpc="GetInfo") == 2
+    assert value(s, "aios_control_duration_seconds_sum", rpc="Management") > 0
