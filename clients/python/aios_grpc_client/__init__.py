@@ -12,15 +12,20 @@
 
 from aios_grpc_client._aio import AsyncBlockClient, AsyncProcessStream
 from aios_grpc_client._client import BlockClient, ProcessStream
+from aios_grpc_client._endpoints import Endpoint, RetryPolicy
+from aios_grpc_client._resend import Unanswered
 from aios_grpc_client._types import PacketError, Result, make_packet, pb
 
 __all__ = [
     "AsyncBlockClient",
     "AsyncProcessStream",
     "BlockClient",
+    "Endpoint",
     "PacketError",
     "ProcessStream",
     "Result",
+    "RetryPolicy",
+    "Unanswered",
     "make_packet",
     "pb",
 ]

@@ -74,14 +74,57 @@ class AsyncBlockClient:
     ) -> None:
         self.target = target
         credentials = ssl_credentials(tls, root_certificates, certificate_chain, private_key)
-        self.channel = channel or make_channel(target, channel_options(max_message_bytes), credentials, aio=True)
+        options = channel_options(max_message_bytes)
+        self._given = channel
+
+        def make() -> grpc.aio.Channel:
+            return make_channel(target, options, credentials, aio=True)  # type: ignore[no-any-return]
+
+        self._make = make
         self.metadata: Metadata = with_token(metadata, token)
+        # The channel and stubs are made on first use, in the running loop, and made again
+        # when a later asyncio.run() calls from another loop (an aio channel belongs to the
+        # loop it was made in).
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._channel: grpc.aio.Channel | None = None
         # The generated stub's typing describes a blocking channel; on an aio channel its
         # calls return awaitables and async iterators, so it is typed loosely here.
-        self._stub: Any = pb_grpc.BlockServiceStub(self.channel)
+        self._stub_: Any = None
         # Open streams write requests they serialized themselves.
-        self._bytes_stub = _BytesStub(self.channel)
-        self._health = health_pb2_grpc.HealthStub(self.channel)
+        self._bytes_stub_: Any = None
+        self._health_: Any = None
+
+    def _ready(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is loop:
+            return
+        self._loop = loop
+        self._channel = self._given or self._make()
+        self._stub_ = pb_grpc.BlockServiceStub(self._channel)
+        self._bytes_stub_ = _BytesStub(self._channel)
+        self._health_ = health_pb2_grpc.HealthStub(self._channel)
+
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        """The channel of the running loop (made on first use)."""
+        self._ready()
+        assert self._channel is not None
+        return self._channel
+
+    @property
+    def _stub(self) -> Any:
+        self._ready()
+        return self._stub_
+
+    @property
+    def _bytes_stub(self) -> Any:
+        self._ready()
+        return self._bytes_stub_
+
+    @property
+    def _health(self) -> Any:
+        self._ready()
+        return self._health_
 
     async def __aenter__(self) -> AsyncBlockClient:
         return self
@@ -90,8 +133,10 @@ class AsyncBlockClient:
         await self.close()
 
     async def close(self) -> None:
-        """Close the channel."""
-        await self.channel.close(None)
+        """Close the channel (if one was made in this loop)."""
+        channel, self._channel, self._loop = self._channel, None, None
+        if channel is not None:
+            await channel.close(None)
 
     async def process(
         self,
@@ -146,10 +191,12 @@ class AsyncBlockClient:
     async def run(
         self, data: Any, *, session_id: str = "session", seq_no: int = 1, timeout: float | None = None
     ) -> Result:
-        """Process one input and return its terminal result."""
+        """Process one input and return its terminal result, with its partial results in ``partials``."""
+        partials: list[Result] = []
         async for result in self.process([data], session_id=session_id, first_seq_no=seq_no, timeout=timeout):
             if result.terminal:
-                return result
+                return result.with_partials(partials) if partials else result
+            partials.append(result)
         raise RuntimeError("stream ended without a terminal result")
 
     def stream(

@@ -5,13 +5,24 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 import grpc
 from aios_block_stubs.v1 import block_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2_grpc
 
+from aios_grpc_client._endpoints import (
+    Endpoint,
+    EndpointLike,
+    Picker,
+    RetryPolicy,
+    endpoints_of,
+    lb_options,
+    retryable_call_error,
+)
+from aios_grpc_client._resend import Ledger, Unanswered
 from aios_grpc_client._security import Pem, make_channel, ssl_credentials, with_token
 from aios_grpc_client._types import (
     DEFAULT_COALESCE,
@@ -38,19 +49,66 @@ from aios_grpc_client._types import (
 )
 
 _CLOSE = object()
+_T = TypeVar("_T")
+
+
+class _Conn:
+    """One endpoint's channel and stubs, made on first use."""
+
+    def __init__(self, endpoint: Endpoint, make: Callable[[str], grpc.Channel], metadata: Metadata) -> None:
+        self.endpoint = endpoint
+        self._make = make
+        self._lock = threading.Lock()
+        self._channel: grpc.Channel | None = None
+        self.stub: pb_grpc.BlockServiceStub
+        self.health: health_pb2_grpc.HealthStub
+        self.metadata = metadata
+
+    def channel(self) -> grpc.Channel:
+        with self._lock:
+            if self._channel is None:
+                self._channel = self._make(self.endpoint.address)
+                self.stub = pb_grpc.BlockServiceStub(self._channel)
+                self.health = health_pb2_grpc.HealthStub(self._channel)
+            return self._channel
+
+    def ready(self) -> _Conn:
+        self.channel()
+        return self
+
+    def close(self) -> None:
+        with self._lock:
+            if self._channel is not None:
+                self._channel.close()
 
 
 class BlockClient:
-    """A blocking client for one block instance at ``target`` (``host:port``).
+    """A blocking client for a block at ``target``: one ``host:port``, or several endpoints.
 
-    ``metadata`` is sent with every call; ``token="..."`` adds ``authorization: Bearer ...``.
-    TLS: ``root_certificates`` (the server's CA; ``tls=True`` alone uses the system's),
-    ``certificate_chain`` + ``private_key`` for mutual TLS; each PEM bytes or a file path.
+    ``target`` is an address (any gRPC target: ``host:port``, ``dns:///name:port``), an
+    ``Endpoint``, a dict ``{"address", "priority", "weight", "token"}``, or a list of
+    those. ``policy="failover"`` (the default) calls the endpoint of the lowest
+    ``priority`` and moves to the next when it fails; ``policy="round_robin"`` spreads
+    calls in proportion to ``weight``; with one ``dns:///`` name it is gRPC's own
+    round-robin over the addresses the name resolves to.
+
+    Retries (on by default): a packet whose result is ``retryable``, or that was
+    unanswered when its stream broke, is resent (under failover to the next endpoint)
+    after ``min(retry_max_backoff_s, retry_backoff_s * 2**n)`` with jitter, at most
+    ``retries`` times and not after ``retry_timeout_s``; results are de-duplicated by
+    ``(session_id, seq_no)``, so each packet gets exactly one terminal result. Unary
+    calls are tried again on UNAVAILABLE, RESOURCE_EXHAUSTED or ABORTED. ``retries=0``
+    turns both off.
+
+    ``metadata`` is sent with every call; ``token="..."`` adds ``authorization: Bearer ...``
+    (an endpoint's own ``token`` wins). TLS: ``root_certificates`` (the server's CA;
+    ``tls=True`` alone uses the system's), ``certificate_chain`` + ``private_key`` for
+    mutual TLS; each PEM bytes or a file path.
     """
 
     def __init__(
         self,
-        target: str,
+        target: EndpointLike | Sequence[EndpointLike],
         *,
         channel: grpc.Channel | None = None,
         metadata: Sequence[tuple[str, str]] | None = None,
@@ -60,13 +118,32 @@ class BlockClient:
         root_certificates: Pem | None = None,
         certificate_chain: Pem | None = None,
         private_key: Pem | None = None,
+        policy: str = "failover",
+        retries: int = 3,
+        retry_backoff_s: float = 0.05,
+        retry_max_backoff_s: float = 2.0,
+        retry_timeout_s: float = 30.0,
     ) -> None:
-        self.target = target
+        self.endpoints = endpoints_of(target)
+        self.picker = Picker(self.endpoints, policy)
+        self.retry = RetryPolicy(retries, retry_backoff_s, retry_max_backoff_s, retry_timeout_s)
+        if channel is not None and len(self.endpoints) > 1:
+            raise ValueError("channel= is for one endpoint; give several endpoints as addresses")
+        self.target = self.endpoints[0].address
         credentials = ssl_credentials(tls, root_certificates, certificate_chain, private_key)
-        self.channel = channel or make_channel(target, channel_options(max_message_bytes), credentials, aio=False)
-        self.metadata: Metadata = with_token(metadata, token)
-        self._stub = pb_grpc.BlockServiceStub(self.channel)
-        self._health = health_pb2_grpc.HealthStub(self.channel)
+        options = channel_options(max_message_bytes) + lb_options(self.target, policy, len(self.endpoints))
+
+        def make(address: str) -> grpc.Channel:
+            return channel or make_channel(address, options, credentials, aio=False)
+
+        self._conns = [
+            _Conn(e, make, with_token(metadata, e.token if e.token is not None else token)) for e in self.endpoints
+        ]
+        first = self._conns[0].ready()
+        self.channel = first.channel()
+        self.metadata: Metadata = first.metadata
+        self._stub = first.stub
+        self._health = first.health
 
     def __enter__(self) -> BlockClient:
         return self
@@ -75,8 +152,29 @@ class BlockClient:
         self.close()
 
     def close(self) -> None:
-        """Close the channel."""
-        self.channel.close()
+        """Close the channels."""
+        for conn in self._conns:
+            conn.close()
+
+    def _call(self, method: Callable[[_Conn], _T]) -> _T:
+        """A unary call on the policy's endpoint, tried again on the next while retryable."""
+        order = self.picker.order()
+        start = time.monotonic()
+        attempt = 0
+        while True:
+            index = order[attempt % len(order)]
+            try:
+                out = method(self._conns[index].ready())
+            except grpc.RpcError as exc:
+                attempt += 1
+                if not retryable_call_error(exc) or not self.retry.allows(attempt, start, time.monotonic()):
+                    raise
+                self.picker.failed(index)
+                if attempt >= len(order):
+                    time.sleep(self.retry.delay(attempt - len(order) + 1))
+                continue
+            self.picker.worked(index)
+            return out
 
     def process(
         self,
@@ -96,7 +194,86 @@ class BlockClient:
         ``coalesce_window_s=W`` sends the packets produced within W seconds of each
         other in one request (at most ``coalesce``, 256 by default), so a slow producer
         is not held back waiting for N packets.
+
+        With retries on (the default) a packet is resent as the class says, on a new
+        stream when one broke, and ``Unanswered`` is raised when packets ran out of
+        retries without a terminal result; each packet's ``(session_id, seq_no)`` should
+        be unique within the call. A resent packet's partial results may come again.
         """
+        if self.retry.retries == 0 and len(self._conns) == 1:
+            yield from self._process_once(packets, session_id, first_seq_no, coalesce, coalesce_window_s, timeout)
+            return
+        ledger = Ledger(
+            to_packets(packets, session_id, first_seq_no),
+            self.retry,
+            move_on_retryable=self.picker.policy == "failover" and len(self._conns) > 1,
+        )
+        order = self.picker.order()
+        start = time.monotonic()
+        stream = failures = 0
+        try:
+            while True:
+                index = order[stream % len(order)]
+                conn = self._conns[index].ready()
+                ledger.begin(stream)
+                answered = ledger.answered
+                stop = threading.Event()
+                broken: grpc.RpcError | None = None
+                try:
+                    requests = self._requests(ledger.packets(stream), coalesce, coalesce_window_s, stop)
+                    for response in conn.stub.Process(requests, timeout=timeout, metadata=conn.metadata):
+                        for result in results_of(response):
+                            seen = ledger.take(result)
+                            if seen is not None:
+                                yield seen
+                except grpc.RpcError as exc:
+                    if not retryable_call_error(exc):
+                        raise
+                    broken = exc
+                finally:
+                    stop.set()
+                if ledger.done():
+                    self.picker.worked(index)
+                    return
+                # The stream broke, or ended so that the next endpoint takes the resends.
+                failures = 0 if ledger.answered > answered else failures + 1
+                if broken is not None:
+                    self.picker.failed(index)
+                spent = ledger.requeue()
+                why = f"{broken.code().name}: {broken.details()}"[:200] if broken is not None else "stream ended"
+                if spent:
+                    raise Unanswered(spent, why)
+                if failures > self.retry.retries or not self.retry.allows(0, start, time.monotonic()):
+                    if broken is not None and not ledger.unanswered():
+                        raise broken
+                    raise Unanswered(ledger.unanswered(), why)
+                if failures:
+                    time.sleep(self.retry.delay(failures))
+                stream += 1
+        finally:
+            ledger.stop()
+
+    @staticmethod
+    def _requests(
+        packets: Iterator[pb.Packet], coalesce: int, coalesce_window_s: float, stop: threading.Event
+    ) -> Iterator[pb.ProcessRequest]:
+        if coalesce_window_s > 0:
+            limit = coalesce if coalesce > 1 else DEFAULT_COALESCE
+            source: queue.Queue[Any] = queue.Queue(maxsize=2 * limit)
+            feed_thread(packets, source, stop)
+            return window_requests(source, coalesce, coalesce_window_s)
+        return packet_requests(packets, "", 0, coalesce)
+
+    def _process_once(
+        self,
+        packets: Iterable[PacketLike],
+        session_id: str,
+        first_seq_no: int,
+        coalesce: int,
+        coalesce_window_s: float,
+        timeout: float | None,
+    ) -> Iterator[Result]:
+        """One stream to the one endpoint, nothing resent (``retries=0``)."""
         stop = threading.Event()
         if coalesce_window_s > 0:
             limit = coalesce if coalesce > 1 else DEFAULT_COALESCE
@@ -113,10 +290,12 @@ class BlockClient:
             stop.set()
 
     def run(self, data: Any, *, session_id: str = "session", seq_no: int = 1, timeout: float | None = None) -> Result:
-        """Process one input and return its terminal result."""
+        """Process one input and return its terminal result, with its partial results in ``partials``."""
+        partials: list[Result] = []
         for result in self.process([data], session_id=session_id, first_seq_no=seq_no, timeout=timeout):
             if result.terminal:
-                return result
+                return result.with_partials(partials) if partials else result
+            partials.append(result)
         raise RuntimeError("stream ended without a terminal result")
 
     def stream(
@@ -134,25 +313,28 @@ class BlockClient:
         ``max_pending`` packets are queued unsent (the server is behind): read
         ``results()`` in another thread when sending more than that.
         """
-        return ProcessStream(self._stub, self.metadata, timeout, coalesce, coalesce_window_s, max_pending)
+        conn = self._conns[self.picker.order()[0]].ready()
+        return ProcessStream(conn.stub, conn.metadata, timeout, coalesce, coalesce_window_s, max_pending)
 
     def set_parameters(self, parameters: Mapping[str, Any], *, timeout: float | None = None) -> dict[str, Any]:
         """Apply parameters; returns ``{"applied": {...}, "parameters": {...}}``."""
         request = parameters_request(parameters)
-        return parameters_of(self._stub.SetParameters(request, timeout=timeout, metadata=self.metadata))
+        return parameters_of(self._call(lambda c: c.stub.SetParameters(request, timeout=timeout, metadata=c.metadata)))
 
     def management(self, action: str, data: Mapping[str, Any] | None = None, *, timeout: float | None = None) -> Any:
         """Run a management action; returns what the block returned."""
         request = management_request(action, data)
-        return management_result(self._stub.Management(request, timeout=timeout, metadata=self.metadata))
+        return management_result(self._call(lambda c: c.stub.Management(request, timeout=timeout, metadata=c.metadata)))
 
     def get_info(self, *, timeout: float | None = None) -> dict[str, Any]:
         """Block id, instance id, SDK version, muxer and batcher settings, parameters."""
-        return info_of(self._stub.GetInfo(pb.GetInfoRequest(), timeout=timeout, metadata=self.metadata))
+        request = pb.GetInfoRequest()
+        return info_of(self._call(lambda c: c.stub.GetInfo(request, timeout=timeout, metadata=c.metadata)))
 
     def health(self, service: str = "", *, timeout: float | None = 5.0) -> str:
         """The health status name (``"SERVING"``, ``"NOT_SERVING"``, ...)."""
-        return status_name(self._health.Check(health_request(service), timeout=timeout))
+        request = health_request(service)
+        return status_name(self._call(lambda c: c.health.Check(request, timeout=timeout, metadata=c.metadata)))
 
     def wait_until_serving(self, timeout: float = 30.0, service: str = "") -> None:
         """Block until health is SERVING; TimeoutError after ``timeout`` seconds."""

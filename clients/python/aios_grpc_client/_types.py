@@ -142,19 +142,35 @@ def management_request(action: str, data: Mapping[str, Any] | None) -> pb.Manage
     return pb.ManagementRequest(action=action, data=struct_of({} if data is None else data, "data"))
 
 
+# A Struct keeps every number as a double; one with no fraction that a double holds
+# exactly went in as an int (JSON has one number type, so 4.0 and 4 are the same value).
+_EXACT = 2**53
+
+
+def json_plain(value: Any) -> Any:
+    """``value`` (from a Struct) with its whole-number floats as ints: ``4`` stays ``4``, not ``4.0``."""
+    if isinstance(value, float):
+        return int(value) if value.is_integer() and -_EXACT <= value <= _EXACT else value
+    if isinstance(value, dict):
+        return {k: json_plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_plain(v) for v in value]
+    return value
+
+
 def parameters_of(response: pb.SetParametersResponse) -> dict[str, Any]:
     """``{"applied": {...}, "parameters": {...}}`` from a SetParameters response."""
-    return json_format.MessageToDict(response)
+    return json_plain(json_format.MessageToDict(response))  # type: ignore[no-any-return]
 
 
 def management_result(response: pb.ManagementResponse) -> Any:
     """What the block's ``management`` returned, from a Management response."""
-    return json_format.MessageToDict(response).get("result")
+    return json_plain(json_format.MessageToDict(response).get("result"))
 
 
 def info_of(response: pb.GetInfoResponse) -> dict[str, Any]:
     """GetInfo's answer as a dict with the proto's field names."""
-    return json_format.MessageToDict(response, preserving_proto_field_name=True)
+    return json_plain(json_format.MessageToDict(response, preserving_proto_field_name=True))  # type: ignore[no-any-return]
 
 
 def health_request(service: str) -> health_pb2.HealthCheckRequest:
@@ -223,6 +239,8 @@ class Result:
     kind: str
     output: pb.Packet | None
     error: PacketError | None
+    #: ``run()``: the packet's partial results before this terminal one (streamed outputs).
+    partials: tuple[Result, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -240,6 +258,12 @@ class Result:
         if self.output is None or not self.output.data:
             return None
         return json.loads(self.output.data)
+
+    def with_partials(self, partials: Iterable[Result]) -> Result:
+        """This result carrying ``partials`` (the packet's partial results, in order)."""
+        result = _new_result(self.session_id, self.seq_no, self.kind, self.output, self.error)
+        _set_partials(result, tuple(partials))
+        return result
 
     @classmethod
     def from_proto(cls, msg: pb.PacketResult) -> Result:
@@ -271,6 +295,8 @@ _set_seq_no = Result.__dict__["seq_no"].__set__
 _set_kind = Result.__dict__["kind"].__set__
 _set_output = Result.__dict__["output"].__set__
 _set_error = Result.__dict__["error"].__set__
+_set_partials = Result.__dict__["partials"].__set__
+_NONE: tuple[Result, ...] = ()
 
 
 def _new_result(session_id: str, seq_no: int, kind: str, output: pb.Packet | None, error: PacketError | None) -> Result:
@@ -280,6 +306,7 @@ def _new_result(session_id: str, seq_no: int, kind: str, output: pb.Packet | Non
     _set_kind(result, kind)
     _set_output(result, output)
     _set_error(result, error)
+    _set_partials(result, _NONE)
     return result
 
 
@@ -297,6 +324,7 @@ def results_of(response: pb.ProcessResponse) -> list[Result]:
         _set_kind(result, _KINDS.get(kind, "unspecified"))
         _set_output(result, msg.output if msg.HasField("output") else None)
         _set_error(result, None if kind == _OK or not msg.HasField("error") else _error_of(msg.error))
+        _set_partials(result, _NONE)
         out.append(result)
     return out
 
@@ -560,6 +588,7 @@ __all__ = [
     "feed_thread",
     "health_request",
     "info_of",
+    "json_plain",
     "json_text",
     "make_packet",
     "management_request",

@@ -1,0 +1,193 @@
+"""Resending for ``BlockClient.process``: what is unanswered, what to send next, what is a duplicate.
+
+One ``process()`` call may use several Process streams in a row (a stream broke, or a
+retryable result moved the call on to the next endpoint). The ``Ledger`` is the call's
+memory across them: the packets sent on the current stream and not yet answered, the
+packets waiting to be resent (each with its own back-off), and the caller's iterator of
+packets not yet taken. A stream's request iterator takes from the ledger; each result
+goes through ``Ledger.take``, which lets through exactly one terminal result per packet
+sent, keyed by ``(session_id, seq_no)``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from typing import Any
+
+from aios_grpc_client._endpoints import RetryPolicy
+from aios_grpc_client._types import Result, pb
+
+Key = tuple[str, int]
+
+
+class _Entry:
+    """A packet the call has not seen a terminal result for."""
+
+    __slots__ = ("attempts", "due", "first_sent", "packet")
+
+    def __init__(self, packet: pb.Packet, first_sent: float, attempts: int = 0, due: float = 0.0) -> None:
+        self.packet = packet
+        self.first_sent = first_sent
+        self.attempts = attempts
+        self.due = due
+
+
+class Unanswered(RuntimeError):
+    """Packets of a ``process()`` call ran out of retries without a terminal result."""
+
+    def __init__(self, keys: list[Key], why: str) -> None:
+        shown = ", ".join(f"({sid[:40]!r}, {seq})" for sid, seq in keys[:5])
+        more = f" and {len(keys) - 5} more" if len(keys) > 5 else ""
+        super().__init__(f"{len(keys)} packet(s) unanswered after retries ({why}): {shown}{more}")
+        self.keys = keys
+
+
+class Ledger:
+    """The packets of one ``process()`` call that have no terminal result yet."""
+
+    def __init__(self, source: Iterator[pb.Packet], policy: RetryPolicy, move_on_retryable: bool) -> None:
+        self.source = source
+        self.policy = policy
+        # Under failover with several endpoints a retryable result ends the stream (once
+        # its other packets are answered) so that the resend goes to the next endpoint.
+        self.move_on_retryable = move_on_retryable
+        self.cond = threading.Condition()
+        self.source_lock = threading.Lock()
+        self.out: dict[Key, deque[_Entry]] = {}
+        self.held: list[_Entry] = []
+        self.stream = 0
+        self.exhausted = False
+        self.move_on = False
+        self.answered = 0
+
+    # -- the streams' side -------------------------------------------------------------
+
+    def begin(self, stream: int) -> None:
+        """Stream number ``stream`` is the current one; request iterators of older ones end."""
+        with self.cond:
+            self.stream = stream
+            self.move_on = False
+            self.cond.notify_all()
+
+    def stop(self) -> None:
+        """The call is over: every request iterator ends."""
+        self.begin(-1)
+
+    def packets(self, stream: int) -> Iterator[pb.Packet]:
+        """The packets to send on stream number ``stream``: resends when due, then new ones."""
+        cond = self.cond
+        while True:
+            with cond:
+                entry = self._next_held(stream)
+                if entry is None:
+                    return
+            if entry is not True:
+                yield entry.packet
+                continue
+            with self.source_lock:
+                try:
+                    packet = next(self.source)
+                except StopIteration:
+                    with cond:
+                        self.exhausted = True
+                        cond.notify_all()
+                    continue
+            now = time.monotonic()
+            fresh = _Entry(packet, now)
+            with cond:
+                if stream != self.stream:
+                    # Taken for a stream that has ended: the next stream sends it first.
+                    self.held.insert(0, fresh)
+                    return
+                self._add_out(fresh)
+            yield packet
+
+    def _next_held(self, stream: int) -> Any:
+        """Under the lock: a due resend (moved out), True to take a new packet, None to end."""
+        while True:
+            if stream != self.stream:
+                return None
+            now = time.monotonic()
+            if not self.move_on:
+                for i, entry in enumerate(self.held):
+                    if entry.due <= now:
+                        del self.held[i]
+                        self._add_out(entry)
+                        return entry
+                if not self.exhausted:
+                    return True
+            if not self.out and (self.move_on or not self.held):
+                return None  # everything sent here is answered: half-close
+            wait = None if self.move_on or not self.held else max(0.0, min(e.due for e in self.held) - now)
+            self.cond.wait(wait)
+
+    def _add_out(self, entry: _Entry) -> None:
+        key = (entry.packet.session_id, entry.packet.seq_no)
+        queue = self.out.get(key)
+        if queue is None:
+            self.out[key] = deque((entry,))
+        else:
+            queue.append(entry)
+
+    # -- the results' side -------------------------------------------------------------
+
+    def take(self, result: Result) -> Result | None:
+        """``result`` when the caller should see it; None for a duplicate or a result to retry."""
+        key = (result.session_id, result.seq_no)
+        with self.cond:
+            queue = self.out.get(key)
+            if not queue:
+                return None  # a packet answered already (or never sent by this call)
+            if result.kind == "partial":
+                return result
+            entry = queue.popleft()
+            if not queue:
+                del self.out[key]
+            error = result.error
+            now = time.monotonic()
+            retry = error is not None and error.retryable
+            if retry and self.policy.allows(entry.attempts + 1, entry.first_sent, now):
+                entry.attempts += 1
+                entry.due = now + self.policy.delay(entry.attempts)
+                self.held.append(entry)
+                if self.move_on_retryable:
+                    self.move_on = True
+                self.cond.notify_all()
+                return None
+            self.answered += 1
+            self.cond.notify_all()
+            return result
+
+    def requeue(self) -> list[Key]:
+        """After a broken stream: every packet sent on it waits for a resend; the keys out of retries."""
+        now = time.monotonic()
+        spent: list[Key] = []
+        with self.cond:
+            for queue in self.out.values():
+                for entry in queue:
+                    entry.attempts += 1
+                    if self.policy.allows(entry.attempts, entry.first_sent, now):
+                        entry.due = now + self.policy.delay(entry.attempts)
+                        self.held.append(entry)
+                    else:
+                        spent.append((entry.packet.session_id, entry.packet.seq_no))
+            self.out.clear()
+            self.cond.notify_all()
+        return spent
+
+    def done(self) -> bool:
+        """Every packet taken from the caller got its terminal result."""
+        with self.cond:
+            return self.exhausted and not self.out and not self.held
+
+    def unanswered(self) -> list[Key]:
+        """Keys of the packets still without a terminal result."""
+        with self.cond:
+            keys = [key for key, queue in self.out.items() for _ in queue]
+            return keys + [(e.packet.session_id, e.packet.seq_no) for e in self.held]
+
+
+__all__ = ["Ledger", "Unanswered"]
