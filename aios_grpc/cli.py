@@ -89,7 +89,13 @@ def _block_health_server(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     try:
-        server = BlockHealthServer(aggregator, settings.block_health_host, settings.block_health_port)
+        server = BlockHealthServer(
+            aggregator,
+            settings.block_health_host,
+            settings.block_health_port,
+            idle_timeout_s=settings.block_health_idle_timeout_s,
+            max_connections=settings.block_health_max_connections,
+        )
     except OSError as exc:
         raise ConfigurationError(
             f"cannot bind {settings.block_health_host}:{settings.block_health_port} (AIOS_BLOCK_HEALTH_PORT): {exc}"

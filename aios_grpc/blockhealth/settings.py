@@ -33,6 +33,10 @@ class BlockHealthSettings(BaseSettings):
     """Extra policies (JSON list): ``"module:Class"`` or ``{"class": "module:Class", <options>}``."""
     block_health_retention_s: float = Field(3600.0, gt=0, validation_alias=_env("BLOCK_HEALTH_RETENTION_S"))
     """Instances with no heartbeat for this long are dropped from the block's list."""
+    block_health_idle_timeout_s: float = Field(10.0, gt=0, validation_alias=_env("BLOCK_HEALTH_IDLE_TIMEOUT_S"))
+    """A connection that sends nothing for this long is closed (idle or stalled clients)."""
+    block_health_max_connections: int = Field(64, ge=1, validation_alias=_env("BLOCK_HEALTH_MAX_CONNECTIONS"))
+    """Connections served at once (one thread each); past it a new one is answered 503 and closed."""
 
 
 def load_block_health_settings(**overrides: Any) -> BlockHealthSettings:
