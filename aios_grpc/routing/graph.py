@@ -31,6 +31,7 @@ from aios_grpc.errors import DeadlineExceeded, DownstreamError, InvalidPacket, L
 from aios_grpc.packet import AIOSPacket
 from aios_grpc.routing.base import Router
 from aios_grpc.routing.grpc_link import GrpcLink
+from aios_grpc.routing.link_security import LinkSecurityTable
 from aios_grpc.routing.pointer import GRPC, Plan, Target, parse_output_ptr
 from aios_grpc.routing.policy import AllowList, Backoff
 from aios_grpc.routing.redis_link import RedisLink
@@ -73,8 +74,10 @@ class GraphRouter(Router):
         max_message_bytes: int = 16 * 1024 * 1024,
         max_fanout: int = MAX_FANOUT,
         max_hops: int = MAX_HOPS,
+        security: LinkSecurityTable | None = None,
     ) -> None:
         self.block_id = block_id
+        self.security = security or LinkSecurityTable()  # TLS and tokens per target (AIOS_ROUTE_TLS)
         self.max_fanout = max_fanout
         self.max_hops = max_hops
         # Checked plans by pointer text, shared by the worker threads (check) and the loop
@@ -110,6 +113,7 @@ class GraphRouter(Router):
             max_message_bytes=settings.max_message_bytes,
             max_fanout=settings.route_max_fanout,
             max_hops=settings.route_max_hops,
+            security=LinkSecurityTable(settings.route_tls),
         )
 
     def wants(self, job: Job) -> bool:
@@ -301,7 +305,11 @@ class GraphRouter(Router):
         if link is None:
             self._evict(self.grpc_links)
             link = GrpcLink(
-                target.address, self.backoff, self.retry_timeout_s, max_message_bytes=self.max_message_bytes
+                target.address,
+                self.backoff,
+                self.retry_timeout_s,
+                max_message_bytes=self.max_message_bytes,
+                security=self.security.for_address(target.address),
             )
         self.grpc_links[target.address] = link  # now the most recently used
         return link
@@ -310,7 +318,14 @@ class GraphRouter(Router):
         link = self.redis_links.pop(target.address, None)
         if link is None:
             self._evict(self.redis_links)
-            link = RedisLink(target.host, target.port, self.backoff, self.retry_timeout_s)
+            security = self.security.for_address(target.address)
+            link = RedisLink(
+                target.host,
+                target.port,
+                self.backoff,
+                self.retry_timeout_s,
+                **(security.redis_options() if security is not None else {}),
+            )
         self.redis_links[target.address] = link
         return link
 

@@ -27,6 +27,7 @@ import grpc
 
 from aios_grpc._pb import pb, pb_grpc
 from aios_grpc.errors import LinkUnavailable
+from aios_grpc.routing.link_security import LinkSecurity
 from aios_grpc.routing.policy import Backoff
 
 log = logging.getLogger("aios_grpc.routing")
@@ -71,20 +72,27 @@ class GrpcLink:
         retry_timeout_s: float,
         *,
         max_message_bytes: int = 16 * 1024 * 1024,
+        security: LinkSecurity | None = None,
     ) -> None:
         self.address = address
         self.backoff = backoff
         self.retry_timeout_s = retry_timeout_s
-        self._channel = grpc.aio.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_receive_message_length", max_message_bytes),
-                ("grpc.max_send_message_length", max_message_bytes),
-                # Reconnect quickly after a downstream restart; our own backoff paces retries.
-                ("grpc.initial_reconnect_backoff_ms", 100),
-                ("grpc.max_reconnect_backoff_ms", 1000),
-            ],
-        )
+        self.security = security  # TLS and a token for this target (AIOS_ROUTE_TLS), or None: plaintext
+        options: list[tuple[str, int | str]] = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            # Reconnect quickly after a downstream restart; our own backoff paces retries.
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000),
+        ]
+        credentials = None
+        if security is not None:
+            credentials = security.channel_credentials()
+            options += security.channel_options()
+        if credentials is None:
+            self._channel = grpc.aio.insecure_channel(address, options=options)
+        else:
+            self._channel = grpc.aio.secure_channel(address, credentials, options=options)
         self._stub = pb_grpc.BlockServiceStub(self._channel)
         self._backlog: deque[_Send] = deque()
         # Sent on the current stream and not answered yet, and answered retryable and
@@ -209,7 +217,8 @@ class GrpcLink:
         ``waiting`` holds the packets sent on it and not yet answered (per key, in order).
         """
         self._last_error = ""
-        call = self._stub.Process()  # type: ignore[call-arg]  # write()/read() API, no iterator
+        metadata = self.security.metadata() if self.security is not None else ()
+        call = self._stub.Process(metadata=metadata)  # type: ignore[call-arg]  # write()/read() API, no iterator
         self.streams_opened += 1
         state = {"answered": False}
         reader = asyncio.create_task(self._read(call, waiting, state))

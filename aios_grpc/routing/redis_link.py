@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -27,11 +28,12 @@ STREAM_FIELD = "packet"
 class RedisLink:
     """A connection pool to one Redis server that takes pushes of output packets."""
 
-    def __init__(self, host: str, port: int, backoff: Backoff, retry_timeout_s: float) -> None:
+    def __init__(self, host: str, port: int, backoff: Backoff, retry_timeout_s: float, **security: Any) -> None:
+        """``security``: ``password``, ``username``, ``ssl`` and its files, from the target's AIOS_ROUTE_TLS entry."""
         self.address = f"{host}:{port}"
         self.backoff = backoff
         self.retry_timeout_s = retry_timeout_s
-        self.client = aioredis.Redis(host=host, port=port, socket_connect_timeout=2.0, socket_timeout=5.0)
+        self.client = aioredis.Redis(host=host, port=port, socket_connect_timeout=2.0, socket_timeout=5.0, **security)
 
     async def push(self, transport: str, queue_name: str, payload: bytes) -> None:
         """``LPUSH`` or ``XADD`` ``payload`` to ``queue_name``; retried while Redis is down."""
