@@ -1,8 +1,11 @@
 """The ``aios-grpc`` command.
 
-- ``aios-grpc serve MODULE:CLASS [--host H] [--port P] [--workers N]``: serve a block.
-- ``aios-grpc health HOST:PORT [--service NAME] [--timeout S]``: exit 0 when SERVING,
-  1 otherwise, with a one-line reason (a Kubernetes exec probe or a script check).
+- ``aios-grpc --version``: the SDK's version.
+- ``aios-grpc serve MODULE:CLASS [--host H] [--port P] [--workers N] [--metrics-port P]
+  [--log-level L]``: serve a block (a flag overrides its ``AIOS_*`` variable).
+- ``aios-grpc health HOST:PORT [--service NAME] [--timeout S] [--cacert F [--cert F --key F]]``:
+  exit 0 when SERVING, 1 otherwise, with a one-line reason (a Kubernetes exec probe or a
+  script check; ``--cacert`` for a TLS port, ``--cert``/``--key`` for mutual TLS).
 - ``aios-grpc block-health-server [--port P] [--redis URL] [--policy MODULE:CLASS]``:
   answer ``GET /block/health/<block_id>`` from the instances' heartbeats in Redis.
 
@@ -24,22 +27,44 @@ from aios_grpc.errors import AiosError, ConfigurationError
 def _serve(args: argparse.Namespace) -> int:
     from aios_grpc.block import Block
     from aios_grpc.loader import load_block_class
+    from aios_grpc.settings import load_settings
 
     overrides: dict[str, Any] = {}
-    for name in ("host", "port", "workers"):
+    labels: dict[str, str] = {}
+    for name in SERVE_FLAGS:
         value = getattr(args, name)
         if value is not None:
             overrides[name] = value
+            labels[name] = f"--{name.replace('_', '-')}"
+    # Settings first: a bad flag or variable is reported before the block is imported.
+    settings = load_settings(labels=labels, **overrides)
     block_class = load_block_class(args.block)
-    Block(block_class, **overrides).run()
+    Block(block_class, settings=settings).run()
     return 0
+
+
+SERVE_FLAGS = ("host", "port", "workers", "metrics_port", "log_level")
+"""The ``serve`` flags, each the setting of the same name."""
 
 
 def _health(args: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(args.target) as channel:
+    if args.cacert or args.cert or args.key:
+        if bool(args.cert) != bool(args.key):
+            raise ConfigurationError("health: --cert and --key go together")
+        from pathlib import Path
+
+        try:
+            files = [Path(path).read_bytes() if path else None for path in (args.cacert, args.key, args.cert)]
+        except OSError as exc:
+            raise ConfigurationError(f"health: cannot read {exc.filename!r}: {exc.strerror}") from None
+        credentials = grpc.ssl_channel_credentials(*files)
+        channel = grpc.secure_channel(args.target, credentials)
+    else:
+        channel = grpc.insecure_channel(args.target)
+    with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             response = stub.Check(health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout)
@@ -123,7 +148,10 @@ def _block_health_server(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``aios-grpc`` command."""
+    from aios_grpc._version import __version__
+
     parser = argparse.ArgumentParser(prog="aios-grpc", description="Serve and probe aios-grpc blocks.")
+    parser.add_argument("--version", action="version", version=f"aios-grpc {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="serve a block class over gRPC")
@@ -131,12 +159,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind (AIOS_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (AIOS_PORT, default 50051; 0 picks one)")
     serve.add_argument("--workers", type=int, help="threads for plain block methods (AIOS_WORKERS)")
+    serve.add_argument(
+        "--metrics-port", type=int, help="Prometheus /metrics port (AIOS_METRICS_PORT, default 9464; 0 free, -1 off)"
+    )
+    serve.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (AIOS_LOG_LEVEL, default INFO)")
     serve.set_defaults(func=_serve)
 
     health = sub.add_parser("health", help="exit 0 when a block is SERVING, 1 otherwise")
     health.add_argument("target", help="HOST:PORT")
     health.add_argument("--service", default="", help="service name to check (default: the server)")
     health.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer")
+    health.add_argument("--cacert", default="", help="TLS: PEM CA file that verifies the server (a TLS port)")
+    health.add_argument("--cert", default="", help="mutual TLS: this client's PEM certificate (with --key)")
+    health.add_argument("--key", default="", help="mutual TLS: this client's PEM private key")
     health.set_defaults(func=_health)
 
     bh = sub.add_parser("block-health-server", help="serve GET /block/health/<block_id> from heartbeats in Redis")

@@ -104,9 +104,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def one_stream(stub: pb_grpc.BlockServiceStub, session: str, n: int) -> int:
+async def one_stream(
+    stub: pb_grpc.BlockServiceStub, session: str, n: int, metadata: tuple[tuple[str, str], ...] = ()
+) -> int:
     """Send ``n`` packets on one Process stream while reading; returns how many were answered."""
-    call = stub.Process()
+    call = stub.Process(metadata=metadata)
 
     async def write() -> None:
         for i in range(n):
@@ -123,18 +125,21 @@ async def one_stream(stub: pb_grpc.BlockServiceStub, session: str, n: int) -> in
     return answered
 
 
-async def drive(address: str, pid: int, streams: int, total: int) -> tuple[float, float]:
+async def drive(
+    address: str, pid: int, streams: int, total: int, metadata: tuple[tuple[str, str], ...] = ()
+) -> tuple[float, float]:
     """One run of ``total`` packets over ``streams`` pipelined streams, after a warm-up.
 
+    ``metadata`` goes with every stream (``authorization`` for a server with tokens).
     Returns packets/s and the server's CPU microseconds per packet.
     """
     per_stream = total // streams
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.BlockServiceStub(channel)
-        await one_stream(stub, "warm-up", 500)
+        await one_stream(stub, "warm-up", 500, metadata)
         cpu = cpu_seconds(pid)
         start = time.perf_counter()
-        answered = await asyncio.gather(*(one_stream(stub, f"s{k}", per_stream) for k in range(streams)))
+        answered = await asyncio.gather(*(one_stream(stub, f"s{k}", per_stream, metadata) for k in range(streams)))
         elapsed = time.perf_counter() - start
         cpu = cpu_seconds(pid) - cpu
     n = per_stream * streams

@@ -10,6 +10,10 @@ and speak the same ``aios.block.v1.BlockService/Process`` contract:
 - block: ``aios-grpc serve`` of ``TrivialBlock`` below (the whole runtime: window,
   scheduler, worker-thread hand-off, per-session ordering, result conversion).
 
+With ``--token``, a third server runs the same block with ``AIOS_AUTH_TOKENS`` set
+(the token interceptor on) and is driven with ``authorization: Bearer ...`` on every
+stream, in the same rounds: "token/block" is the cost of the check.
+
 One client process drives each with the same load, 1 stream and then 8 streams,
 ``--packets`` packets per run spread over the streams; each stream writes and reads
 concurrently (pipelined). It prints packets/s per server and the ratio block/raw.
@@ -33,6 +37,8 @@ import grpc  # noqa: E402
 from _harness import TrivialBlock, bench_env, drive, start_process  # noqa: E402
 from aios_block_stubs.v1 import block_pb2 as pb  # noqa: E402
 from aios_block_stubs.v1 import block_pb2_grpc as pb_grpc  # noqa: E402
+
+_TOKEN = "bench-token-0123456789abcdef"
 
 __all__ = ["TrivialBlock"]  # served by `aios-grpc serve bench/stream_throughput.py:TrivialBlock`
 
@@ -67,6 +73,7 @@ def main() -> None:
     parser.add_argument("--packets", type=int, default=20_000, help="packets per run (spread over the streams)")
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--rounds", type=int, default=7, help="runs per server and stream count (median shown)")
+    parser.add_argument("--token", action="store_true", help="also run a block server with a bearer token required")
     parser.add_argument("--raw-server", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.raw_server:
@@ -90,13 +97,15 @@ def main() -> None:
             "0",
         ],
     }
+    if args.token:
+        commands["token"] = commands["block"]
     procs: list[subprocess.Popen[str]] = []
     rates: dict[tuple[str, int], list[float]] = {}
     cpu: dict[tuple[str, int], list[float]] = {}
     try:
         addresses = {}
         for name, cmd in commands.items():
-            proc, address = start_process(cmd, env)
+            proc, address = start_process(cmd, {**env, "AIOS_AUTH_TOKENS": f'["{_TOKEN}"]'} if name == "token" else env)
             addresses[name] = (address, proc.pid)
             procs.append(proc)
         # Both servers stay up and the runs alternate, so that load from elsewhere on
@@ -104,7 +113,9 @@ def main() -> None:
         for _ in range(args.rounds):
             for streams in args.streams:
                 for name, (address, pid) in addresses.items():
-                    rate, us = asyncio.run(asyncio.wait_for(drive(address, pid, streams, args.packets), 120))
+                    metadata = (("authorization", f"Bearer {_TOKEN}"),) if name == "token" else ()
+                    run = drive(address, pid, streams, args.packets, metadata)
+                    rate, us = asyncio.run(asyncio.wait_for(run, 120))
                     rates.setdefault((name, streams), []).append(rate)
                     cpu.setdefault((name, streams), []).append(us)
     finally:
@@ -127,6 +138,16 @@ def main() -> None:
             f"{streams:>7} {raw:>10.0f} {block:>12.0f} {block / raw:>9.2f}"
             f" {raw_us:>15.0f} {block_us:>17.0f} {block_us / raw_us:>13.2f}"
         )
+    if args.token:
+        print(
+            f"{'streams':>7} {'token pkt/s':>12} {'token/block':>11} {'token cpu us/pkt':>17} {'cpu token/block':>15}"
+        )
+        for streams in args.streams:
+            block = statistics.median(rates[("block", streams)])
+            token = statistics.median(rates[("token", streams)])
+            block_us = statistics.median(cpu[("block", streams)])
+            token_us = statistics.median(cpu[("token", streams)])
+            print(f"{streams:>7} {token:>12.0f} {token / block:>11.3f} {token_us:>17.1f} {token_us / block_us:>15.3f}")
 
 
 if __name__ == "__main__":

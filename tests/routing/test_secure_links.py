@@ -88,7 +88,7 @@ def test_without_the_token_or_the_client_certificate_the_chain_is_refused(
         StageBlock,
         block_id="a",
         route_allow=["127.0.0.1:*"],
-        route_retry_timeout_s=2,
+        route_retry_timeout_s=1,
         route_tls=[
             {
                 "pattern": "127.0.0.1:*",
@@ -104,7 +104,7 @@ def test_without_the_token_or_the_client_certificate_the_chain_is_refused(
         StageBlock,
         block_id="a",
         route_allow=["127.0.0.1:*"],
-        route_retry_timeout_s=2,
+        route_retry_timeout_s=1,
         route_tls=[{"pattern": "127.0.0.1:*", "ca_file": ca_file, "token": TOKEN}],
     )
     [result] = run_chain(no_cert.address, locked_b.address, n=1)

@@ -217,3 +217,24 @@ def test_metrics_host_binds_the_metrics_endpoint_apart_from_the_grpc_host(serve:
         assert answer.status == 200
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{endpoint.port}/metrics", timeout=10)
+
+
+def test_the_health_command_checks_a_mutual_tls_port(serve: Any, ca: Authority, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    server = ca.issue("server", tmp_path / "server")
+    ca_file = ca.write(tmp_path)
+    served = serve(
+        EchoBlock, tls_cert_file=str(server.cert), tls_key_file=str(server.key), tls_client_ca_file=str(ca_file)
+    )
+    probe = ca.issue("probe", tmp_path / "probe", client=True)
+
+    def health(*flags: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "aios_grpc", "health", served.address, "--timeout", "10", *flags]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+    ok = health("--cacert", str(ca_file), "--cert", str(probe.cert), "--key", str(probe.key))
+    assert ok.returncode == 0 and "SERVING" in ok.stdout, ok.stdout + ok.stderr
+    assert health("--cacert", str(ca_file)).returncode == 1  # no client certificate
+    assert health().returncode == 1  # plaintext
