@@ -10,9 +10,11 @@ variable's name in the message. ``docs/configuration.md`` is the reference table
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import uuid
+from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator
@@ -265,13 +267,16 @@ class Settings(BaseSettings):
         return f"{host}:{self.port}"
 
 
-def load_settings(**overrides: Any) -> Settings:
+def load_settings(*, labels: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
     """Settings from the environment with ``overrides`` on top.
 
     Raises ``ConfigurationError`` naming each bad variable, instead of pydantic's
-    ValidationError, so that start-up fails with one readable message.
+    ValidationError, so that start-up fails with one readable message; an unknown
+    keyword is an error naming the closest setting (``wrokers=9``: did you mean
+    ``workers``?). ``labels`` names where an override came from in those messages
+    (the CLI passes ``{"workers": "--workers"}``); the keyword itself otherwise.
     """
-    return build_settings(Settings, overrides)
+    return build_settings(Settings, overrides, labels)
 
 
 AnySettings = TypeVar("AnySettings", bound=BaseSettings)
@@ -281,14 +286,27 @@ SECRET_VARIABLES = frozenset({"AIOS_AUTH_TOKENS", "AIOS_CONTROL_TOKENS", "AIOS_R
 _HIDDEN = "<hidden>"
 
 
-def build_settings(model: type[AnySettings], overrides: dict[str, Any]) -> AnySettings:
-    """``model(**overrides)``; a bad value is a one-line ``ConfigurationError`` naming its variable."""
+def build_settings(
+    model: type[AnySettings], overrides: Mapping[str, Any], labels: Mapping[str, str] | None = None
+) -> AnySettings:
+    """``model(**overrides)``; a bad value is a one-line ``ConfigurationError`` naming its variable.
+
+    A value given in ``overrides`` is named by its keyword (or ``labels[field]``, a
+    command-line flag), one from the environment by its variable.
+    """
+    _check_names(model, overrides)
     try:
         return model(**overrides)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
             name = str(err["loc"][0]) if err["loc"] else "?"
+            field = _field_of(model, name)
+            if field in overrides:
+                label = (labels or {}).get(field, field)
+                secret = f"AIOS_{field.upper()}" in SECRET_VARIABLES
+                problems.append(f"{label}={_HIDDEN if secret else repr(overrides[field])}: {err['msg']}")
+                continue
             env = name if name.isupper() else f"AIOS_{name.upper()}"
             shown = _HIDDEN if env in SECRET_VARIABLES else repr(os.environ.get(env, err.get("input")))
             problems.append(f"{env}={shown}: {err['msg']}")
@@ -306,6 +324,56 @@ def build_settings(model: type[AnySettings], overrides: dict[str, Any]) -> AnySe
         ) from None
 
 
+def _names(model: type[BaseSettings], field: str) -> list[str]:
+    """Every name ``field`` is read under: the field's own and its aliases."""
+    alias = model.model_fields[field].validation_alias
+    return [field, *(c for c in alias.choices if isinstance(c, str))] if isinstance(alias, AliasChoices) else [field]
+
+
+def _field_of(model: type[BaseSettings], name: str) -> str:
+    """The field that ``name`` (a field name or one of its aliases) sets."""
+    for field in model.model_fields:
+        if name in _names(model, field):
+            return field
+    return name
+
+
+def _closest(name: str, known: Iterable[str]) -> str:
+    """``; did you mean 'x'?`` for the known name most like ``name`` (empty when none is close)."""
+    found = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f"; did you mean {found[0]!r}?" if found else ""
+
+
+def _check_names(model: type[BaseSettings], overrides: Mapping[str, Any]) -> None:
+    """A ``ConfigurationError`` for a keyword that is no setting of ``model`` (a typo is not ignored)."""
+    known = {name for field in model.model_fields for name in _names(model, field)}
+    unknown = [key for key in overrides if key not in known]
+    if unknown:
+        problems = [f"{key!r}{_closest(key, model.model_fields)}" for key in unknown]
+        raise ConfigurationError(f"unknown setting {', '.join(problems)} (see docs/configuration.md)")
+
+
+def unknown_variables(models: Iterable[type[BaseSettings]], environ: Mapping[str, str] | None = None) -> list[str]:
+    """One line per ``AIOS_*`` variable of ``environ`` that no model reads, naming the closest one that is read.
+
+    A misspelt ``AIOS_PROT=5`` is otherwise ignored without a word; the server logs
+    these lines as warnings at start-up.
+    """
+    env = os.environ if environ is None else environ
+    known = {
+        name
+        for model in models
+        for field in model.model_fields
+        for name in _names(model, field)
+        if name.startswith("AIOS_")
+    }
+    return [
+        f"{name} is not a setting and is ignored{_closest(name, known)}"
+        for name in sorted(env)
+        if name.startswith("AIOS_") and name not in known
+    ]
+
+
 def _set_variable(model: type[BaseSettings], field: str) -> str:
     """The environment variable that set ``field`` (its AIOS_ name when none is set)."""
     info = model.model_fields.get(field)
@@ -317,4 +385,4 @@ def _set_variable(model: type[BaseSettings], field: str) -> str:
     return f"AIOS_{field.upper()}"
 
 
-__all__ = ["Settings", "build_settings", "load_settings"]
+__all__ = ["Settings", "build_settings", "load_settings", "unknown_variables"]

@@ -177,3 +177,53 @@ def test_health_reports_not_serving_during_a_slow_init_then_serving(spawn):
 def test_help_lists_both_commands():
     proc = aios("--help")
     assert proc.returncode == 0 and "serve" in proc.stdout and "health" in proc.stdout
+
+
+def test_version():
+    from aios_grpc._version import __version__
+
+    proc = aios("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"aios-grpc {__version__}"
+
+
+def test_a_bad_flag_is_reported_by_its_flag_not_its_variable():
+    assert_one_line_error(
+        aios("serve", "tests.blocks.basic:EchoBlock", "--workers", "0"), "--workers=0", "greater than or equal to 1"
+    )
+    assert_one_line_error(aios("serve", "tests.blocks.basic:EchoBlock", "--log-level", "LOUD"), "--log-level='LOUD'")
+
+
+def test_serve_metrics_port_and_log_level_flags(spawn):
+    server = spawn("tests.blocks.basic:EchoBlock", env={"AIOS_METRICS_PORT": "1", "AIOS_LOG_LEVEL": "WARNING"},
+                   args=["--metrics-port", "-1", "--log-level", "DEBUG"])  # fmt: skip
+    with BlockClient(server.address) as client:
+        client.wait_until_serving(30)
+        assert client.run({"a": 1}).ok
+    server.proc.terminate()
+    server.proc.wait(30)
+    rest = server.rest_of_log()
+    assert "metrics on http" not in rest  # -1: no endpoint (AIOS_METRICS_PORT=1 would fail to bind)
+    assert " DEBUG aios_grpc.server: gc: " in rest  # the flag wins over AIOS_LOG_LEVEL
+
+
+def test_an_unknown_aios_variable_is_warned_with_the_closest_name(spawn):
+    server = spawn("tests.blocks.basic:EchoBlock", env={"AIOS_PROT": "5"})
+    assert "WARNING aios_grpc.server: AIOS_PROT is not a setting and is ignored; did you mean 'AIOS_PORT'?" in "".join(
+        server.log
+    )
+
+
+def test_block_run_reports_start_up_errors_in_one_line_like_the_cli(tmp_path):
+    script = tmp_path / "serve_it.py"
+    script.write_text(
+        "from aios_grpc import Block\n"
+        "class Bad:\n"
+        "    def __init__(self, context):\n"
+        "        raise RuntimeError('model file missing')\n"
+        "    def on_data(self, entry):\n"
+        "        return True, None\n"
+        "Block(Bad, port=0, metrics_port=-1, log_level='CRITICAL').run()\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert_one_line_error(proc, "Bad.__init__ raised RuntimeError: model file missing")

@@ -97,8 +97,10 @@ def test_several_bad_values_are_reported_together(monkeypatch):
 
 
 def test_a_bad_override_from_code_names_the_setting():
-    with pytest.raises(ConfigurationError, match="AIOS_PORT='x'"):
+    # Named by the keyword it was given as, not by an environment variable that is not set.
+    with pytest.raises(ConfigurationError, match="port='x'") as bad:
         load_settings(port="x")
+    assert "AIOS_PORT" not in str(bad.value)
 
 
 def test_every_setting_is_in_the_configuration_reference():
@@ -212,3 +214,36 @@ def test_block_health_settings_errors_name_the_variable(monkeypatch, env, expect
         load_block_health_settings()
     assert str(raised.value).startswith(expected)
     assert "\n" not in str(raised.value)
+
+
+def test_an_unknown_keyword_is_rejected_with_the_closest_name():
+    from aios_grpc import Block
+    from tests.blocks.basic import EchoBlock
+
+    with pytest.raises(ConfigurationError, match=r"unknown setting 'wrokers'; did you mean 'workers'\?"):
+        Block(EchoBlock, wrokers=9)
+    with pytest.raises(ConfigurationError, match="unknown setting 'colour'"):
+        load_settings(colour="red")
+
+
+def test_block_honours_a_settings_object_and_keywords_on_top():
+    from aios_grpc import Block
+    from tests.blocks.basic import EchoBlock
+
+    given = Settings(port=0, workers=7, block_id="from-object")
+    assert Block(EchoBlock, settings=given).settings is given
+    merged = Block(EchoBlock, settings=given, workers=3).settings
+    assert (merged.workers, merged.block_id, merged.port) == (3, "from-object", 0)
+    with pytest.raises(ConfigurationError, match="workers=0"):
+        Block(EchoBlock, settings=given, workers=0)
+
+
+def test_unknown_aios_variables_name_the_closest_known_one():
+    from aios_grpc.blockhealth.settings import BlockHealthSettings
+    from aios_grpc.settings import unknown_variables
+
+    env = {"AIOS_PROT": "5", "AIOS_PORT": "1", "AIOS_BLOCK_HEALTH_PORT": "1", "AIOS_ZZZQQQ": "1", "PATH": "/bin"}
+    assert unknown_variables([Settings, BlockHealthSettings], env) == [
+        "AIOS_PROT is not a setting and is ignored; did you mean 'AIOS_PORT'?",
+        "AIOS_ZZZQQQ is not a setting and is ignored",
+    ]
