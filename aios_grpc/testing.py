@@ -9,22 +9,29 @@
 >>> BlockTester(Double).run({"x": 21})
 [{'y': 42}]
 
-The packet goes through the same ``BlockAdapter`` checks as in the server, so a
-wrong return shape fails here the same way it would when served.
+The packets go through the server's own runtime (the ``Scheduler``, on an event loop
+of the tester's own, with no transport): the same checks and errors, batches for
+``on_batch`` formed by the block's batcher, and groups merged by the block's
+``Muxer`` (give a group's packets to ``run_many``). A wrong return shape fails here
+the same way it would when served.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from aios_grpc.context import Context
-from aios_grpc.packet import AIOSPacket, FileInfo, OnDataResult
+from aios_grpc.errors import PacketError
+from aios_grpc.job import Job, Kind, Result
+from aios_grpc.packet import AIOSPacket, FileInfo
 from aios_grpc.runtime.adapter import BlockAdapter
+
+Files = Sequence[tuple[dict[str, Any] | str, bytes]]
 
 
 @dataclass
@@ -38,11 +45,18 @@ class TestContext(Context):
 
 
 class BlockTester:
-    """Instantiate a block with a test context and run inputs through it."""
+    """Instantiate a block with a test context and run inputs through it.
+
+    ``settings`` override the environment's (``AIOS_*``) runtime settings for the
+    tester (``workers``, ``max_chunk``, ``mux_timeout_s``, ...), as for a server.
+    """
 
     __test__ = False
 
-    def __init__(self, block_class: type[Any], context: Context | None = None) -> None:
+    def __init__(self, block_class: type[Any], context: Context | None = None, **settings: Any) -> None:
+        from aios_grpc.settings import load_settings
+
+        self.settings = load_settings(**settings)
         self.context = context if context is not None else TestContext()
         self.block = block_class(self.context)
         self.adapter = BlockAdapter(self.block)
@@ -56,35 +70,119 @@ class BlockTester:
     def run(
         self,
         data: Any = None,
-        files: Sequence[tuple[dict[str, Any] | str, bytes]] | None = None,
+        files: Files | None = None,
         *,
         session_id: str = "test-session",
         seq_no: int | None = None,
         output_ptr: str = "",
     ) -> list[Any]:
-        """Run one input through ``on_preprocess`` and ``on_data``; the outputs, JSON-parsed.
+        """Run one input through the block; its outputs (``on_data`` or ``on_batch``), JSON-parsed.
 
         ``data`` is JSON-encoded into the packet (a str is taken as JSON text already).
         ``files`` are ``(metadata, bytes)`` pairs. A failed packet raises its
         ``PacketError`` (with the gRPC code the server would answer).
         """
-        if seq_no is None:
-            self._seq += 1
-            seq_no = self._seq
-        packet = AIOSPacket(
-            session_id=session_id,
-            seq_no=seq_no,
-            data=data if isinstance(data, str) else json.dumps({} if data is None else data),
-            output_ptr=output_ptr,
-            files=[FileInfo(m if isinstance(m, str) else json.dumps(m), bytes(b)) for m, b in files or ()],
+        return self.run_many([data], files=files, session_id=session_id, seq_no=seq_no, output_ptr=output_ptr)
+
+    def run_many(
+        self,
+        inputs: Iterable[Any],
+        *,
+        files: Files | None = None,
+        session_id: str = "test-session",
+        seq_no: int | None = None,
+        output_ptr: str = "",
+        timeout_s: float = 60.0,
+    ) -> list[Any]:
+        """Run several inputs together, as concurrent callers would; every output, in input order.
+
+        All inputs are queued at once, so a batcher sees them together and a ``Muxer``
+        merges them: with a muxer they share one ``seq_no`` (the next one, or
+        ``seq_no``), so ``N`` inputs make one merged packet. An input may also be an
+        ``AIOSPacket``, sent as it is. The first failed input raises its ``PacketError``;
+        a muxer group still incomplete when the inputs end fails with UNAVAILABLE.
+        """
+        outcomes = self.outcomes(
+            inputs, files=files, session_id=session_id, seq_no=seq_no, output_ptr=output_ptr, timeout_s=timeout_s
         )
-        self.adapter.validate_packet(packet, True, 1 << 30)
-        streamed: list[OnDataResult] = []
-        if self.adapter.all_sync:
-            outputs = self.adapter.run_sync(packet, streamed.append)
-        else:
-            outputs = _run(self.adapter.run_async(packet, streamed.append, _to_thread))
-        return [_parse(o.output) for o in (*streamed, *outputs)]
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return [o for outcome in outcomes if not isinstance(outcome, BaseException) for o in outcome]
+
+    def outcomes(
+        self,
+        inputs: Iterable[Any],
+        *,
+        files: Files | None = None,
+        session_id: str = "test-session",
+        seq_no: int | None = None,
+        output_ptr: str = "",
+        timeout_s: float = 60.0,
+    ) -> list[list[Any] | PacketError]:
+        """Like ``run_many``, without raising: per input, its outputs or its ``PacketError``."""
+        muxed = self.adapter.muxer() is not None
+        packets: list[AIOSPacket] = []
+        for item in inputs:
+            if isinstance(item, AIOSPacket):
+                packets.append(item)
+                continue
+            if seq_no is None or not muxed:
+                if not (muxed and packets):
+                    self._seq += 1
+                number = self._seq if seq_no is None else seq_no
+            else:
+                number = seq_no
+            packets.append(
+                AIOSPacket(
+                    session_id=session_id,
+                    seq_no=number,
+                    data=item if isinstance(item, str) else json.dumps({} if item is None else item),
+                    output_ptr=output_ptr,
+                    files=[FileInfo(m if isinstance(m, str) else json.dumps(m), bytes(b)) for m, b in files or ()],
+                )
+            )
+        done: list[list[Any] | PacketError] = _run(self._process(packets, timeout_s))
+        return done
+
+    async def _process(self, packets: list[AIOSPacket], timeout_s: float) -> list[list[Any] | PacketError]:
+        from aios_grpc.runtime.scheduler import Scheduler
+
+        scheduler = Scheduler(self.adapter, self.settings)
+        await scheduler.configure()
+        await scheduler.start()
+        outputs: list[list[Any]] = [[] for _ in packets]
+        errors: list[PacketError | None] = [None] * len(packets)
+        answered = asyncio.Event()
+        left = [len(packets)]
+
+        def reply_to(i: int) -> Callable[[Result], None]:
+            def reply(result: Result) -> None:
+                if result.output is not None:
+                    outputs[i].append(_parse(result.output.data))
+                if result.kind is Kind.ERROR:
+                    error = result.error
+                    errors[i] = error if isinstance(error, PacketError) else PacketError(str(error))
+                if result.terminal:
+                    left[0] -= 1
+                    answered.set()
+
+            return reply
+
+        try:
+            for i, packet in enumerate(packets):
+                await scheduler.submit(Job(packet=packet, reply=reply_to(i)))
+            async with asyncio.timeout(timeout_s):
+                stage = scheduler.mux_stage
+                # Done when every packet is answered but those a muxer group still holds.
+                while left[0] > (stage.held if stage is not None else 0):
+                    answered.clear()
+                    await answered.wait()
+            if stage is not None and stage.held:
+                stage.flush("BlockTester: no more inputs")
+        finally:
+            await scheduler.stop()
+        return [error if error is not None else out for out, error in zip(outputs, errors, strict=True)]
 
 
 def _run(coro: Coroutine[Any, Any, Any]) -> Any:
@@ -97,12 +195,9 @@ def _run(coro: Coroutine[Any, Any, Any]) -> Any:
         return pool.submit(asyncio.run, coro).result()
 
 
-async def _to_thread(fn: Callable[..., Any], *args: Any) -> Any:
-    return await asyncio.to_thread(fn, *args)
-
-
-def _parse(output: Any) -> Any:
-    return json.loads(output) if isinstance(output, str) else json.loads(json.dumps(output))
+def _parse(data: Any) -> Any:
+    """An output packet's data as a value (JSON text parsed)."""
+    return json.loads(data) if isinstance(data, str | bytes) else data
 
 
 class ServedBlock:

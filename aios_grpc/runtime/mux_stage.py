@@ -78,6 +78,11 @@ class MuxStage:
         """Groups waiting for more packets."""
         return len(self._groups)
 
+    @property
+    def held(self) -> int:
+        """Packets waiting in open groups."""
+        return sum(len(g.members) for g in self._groups.values())
+
     def add(self, job: Job) -> Job | None:
         """Add one admitted packet; the merged job when this packet completed its group."""
         if self._custom_process:
