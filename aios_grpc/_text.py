@@ -42,4 +42,10 @@ def quote(value: object, limit: int = LIMIT) -> str:
     return f"{shown[:limit]}...({len(shown) - limit} more)"
 
 
-__all__ = ["LIMIT", "quote"]
+def cut(text: str, limit: int = 1024) -> str:
+    """``text`` (a message already formatted, with any caller string in it quoted) cut to
+    ``limit`` characters, so that an error sent back stays far below any client's limit."""
+    return text if len(text) <= limit else f"{text[:limit]}...({len(text) - limit} more)"
+
+
+__all__ = ["LIMIT", "cut", "quote"]

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from redis.exceptions import ResponseError as RedisResponseError
 
-from aios_grpc._text import quote
+from aios_grpc._text import cut, quote
 from aios_grpc.converters import code_from_number, packet_from_proto, packet_to_proto
 from aios_grpc.errors import DeadlineExceeded, DownstreamError, InvalidPacket, LinkUnavailable, PacketError, Unavailable
 from aios_grpc.packet import AIOSPacket
@@ -294,7 +294,7 @@ class GraphRouter(Router):
         if result.kind == pb.RESULT_KIND_ERROR:
             code = code_from_number(result.error.code)
             raise DownstreamError(
-                f"target {target.describe()} answered {code.name}: {result.error.message}",
+                f"target {target.describe()} answered {code.name}: {cut(result.error.message)}",
                 code,
                 result.error.retryable,
             )

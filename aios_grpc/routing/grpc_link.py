@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from aios_grpc._pb import pb, pb_grpc
+from aios_grpc._text import quote
 from aios_grpc.errors import LinkUnavailable
 from aios_grpc.routing.link_security import LinkSecurity
 from aios_grpc.routing.policy import Backoff
@@ -295,7 +296,10 @@ class GrpcLink:
                 queue = waiting.get(key)
                 if not queue:
                     log.warning(
-                        "link %s: answer for unknown packet %s/%s", self.address, result.session_id, result.seq_no
+                        "link %s: answer for unknown packet %s/%s",
+                        self.address,
+                        quote(result.session_id),
+                        result.seq_no,
                     )
                     continue
                 item = queue.popleft()

@@ -75,9 +75,12 @@ class Target:
         return f"{self.host}:{self.port}"
 
     def describe(self) -> str:
-        """A short name for errors and logs."""
-        where = f"{self.transport}://{self.address}"
-        return f"{where}/{self.queue_name}" if self.queue_name else where
+        """A short name for errors and logs (the caller's queue name escaped and cut)."""
+        where = f"{self.transport}://{self.address}"  # the host is a checked name or IP literal
+        if not self.queue_name:
+            return where
+        queue = self.queue_name
+        return f"{where}/{queue}" if len(queue) <= 128 and queue.isprintable() else f"{where}/{quote(queue)}"
 
 
 @dataclass(frozen=True, slots=True)

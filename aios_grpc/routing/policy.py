@@ -127,8 +127,7 @@ class AllowList:
         """Raise ``PermissionDenied`` when ``target`` is off the allow-list."""
         if not self.allows_address(target.address):
             raise PermissionDenied(
-                f"routing target {quote(target.describe())} is not allowed "
-                f"(AIOS_ROUTE_ALLOW={quote(self.addresses or '[]')})",
+                f"routing target {target.describe()} is not allowed (AIOS_ROUTE_ALLOW={quote(self.addresses or '[]')})",
                 stage="route",
             )
         if target.transport != GRPC and not self.allows_queue(target.queue_name):

@@ -30,6 +30,7 @@ from types import TracebackType
 from typing import Any
 
 import aios_grpc
+from aios_grpc._text import quote
 from aios_grpc.errors import BlockCodeError, PacketError, PreprocessRejected, ProcessingFailed
 
 log = logging.getLogger("aios_grpc.block")
@@ -40,9 +41,8 @@ Site = tuple[str, str, str, int]
 
 
 def _shown(value: object, limit: int = 64) -> str:
-    """A caller's string on one line, escaped and cut."""
-    text = str(value)
-    return repr(text) if len(text) <= limit else f"{text[:limit]!r}...({len(text) - limit} more)"
+    """A caller's string (or an exception's message) on one line, escaped and cut: ``_text.quote``."""
+    return quote(str(value), limit)
 
 
 @dataclass

@@ -11,6 +11,7 @@ import copy
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from aios_grpc._text import cut, quote
 from aios_grpc._version import __version__
 from aios_grpc.errors import ParametersRejected, UnknownAction
 from aios_grpc.runtime import Scheduler
@@ -83,14 +84,14 @@ class ControlPlane:
             return await handler(data)
         if not self.block.has("management"):
             raise UnknownAction(
-                f"unknown management action {action!r}: block {self.block.name} has no management method"
+                f"unknown management action {quote(action)}: block {self.block.name} has no management method"
             )
         try:
             return await self._call("management", action, data)
         except UnknownAction:
             raise
         except NotImplementedError as exc:
-            raise UnknownAction(f"unknown management action {action!r}: {exc}") from exc
+            raise UnknownAction(f"unknown management action {quote(action)}: {cut(str(exc))}") from exc
 
     async def _info_action(self, data: dict[str, Any]) -> Any:
         return self.info()

@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
+from aios_grpc._text import quote
 from aios_grpc.errors import PartialsAbandoned
 from aios_grpc.job import Job, Kind, Outcome, Partial, PartialGate, Result
 from aios_grpc.packet import AIOSPacket, OnDataResult
@@ -117,7 +118,7 @@ class Partials:
         try:
             job.reply(result)
         except Exception:
-            log.exception("partial reply for %s/%s failed", job.packet.session_id, job.packet.seq_no)
+            log.exception("partial reply for %s/%s failed", quote(job.packet.session_id), job.packet.seq_no)
             result.sent()
             return
         if not result.deferred:
@@ -136,7 +137,7 @@ class Partials:
         try:
             job.reply(Result(Kind.PARTIAL, output=output))
         except Exception:
-            log.exception("partial reply for %s/%s failed", job.packet.session_id, job.packet.seq_no)
+            log.exception("partial reply for %s/%s failed", quote(job.packet.session_id), job.packet.seq_no)
 
     def _answer_chunk(self, jobs: list[Job], error: Exception) -> None:
         """Answer every job of a chunk whose thread may still be running it (cancelled, or an SDK bug).

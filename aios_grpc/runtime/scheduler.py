@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from aios_grpc._text import quote
 from aios_grpc.errors import (
     ConfigurationError,
     PacketError,
@@ -357,7 +358,7 @@ class Scheduler(Workers, Partials):
             try:
                 job.reply(result)
             except Exception:
-                log.exception("reply for %s/%s failed", job.packet.session_id, job.packet.seq_no)
+                log.exception("reply for %s/%s failed", quote(job.packet.session_id), job.packet.seq_no)
             if job.members:
                 extra += len(job.members) - 1
         if skipped is not None:  # answered already: not counted again
@@ -398,7 +399,7 @@ class Scheduler(Workers, Partials):
         if isinstance(res, BaseException):
             self._partial_routes.pop(job, None)  # those already sent finish on their own
             if not isinstance(res, PacketError):
-                log.error("packet %s/%s failed: %r", job.packet.session_id, job.packet.seq_no, res)
+                log.error("packet %s/%s failed: %s", quote(job.packet.session_id), job.packet.seq_no, quote(res, 500))
             else:
                 # The packet's span (tracing on) or the caller's trace context, for JSON logs.
                 traceparent = getattr(job.span, "key", None) or (job.trace or {}).get("traceparent")

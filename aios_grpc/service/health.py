@@ -40,6 +40,7 @@ import grpc
 from grpc_health.v1 import health_pb2
 
 from aios_grpc._pb import SERVICE_NAME
+from aios_grpc._text import quote
 from aios_grpc.runtime import Scheduler
 from aios_grpc.runtime.adapter import BlockAdapter
 
@@ -130,7 +131,7 @@ class HealthService:
         """The stored status; NOT_FOUND for a service name never set."""
         status = self._status.get(request.service)
         if status is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {quote(request.service)}")
         return health_pb2.HealthCheckResponse(status=status)
 
     async def List(

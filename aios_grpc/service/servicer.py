@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import grpc
 
 from aios_grpc._pb import pb, pb_grpc
+from aios_grpc._text import cut, quote
 from aios_grpc.converters import dict_to_struct, struct_to_dict, to_value
 from aios_grpc.errors import AiosError, status_of
 from aios_grpc.runtime import Scheduler
@@ -142,10 +143,10 @@ class BlockServicer(pb_grpc.BlockServiceServicer):
         try:
             result = await control.management(request.action, struct_to_dict(request.data))
         except AiosError as exc:
-            await context.abort(exc.code, str(exc))
+            await context.abort(exc.code, cut(str(exc)))  # a block's message may echo the caller's action
         except Exception as exc:
             await context.abort(
-                grpc.StatusCode.INTERNAL, f"management({request.action!r}) raised {type(exc).__name__}: {exc}"
+                grpc.StatusCode.INTERNAL, cut(f"management({quote(request.action)}) raised {type(exc).__name__}: {exc}")
             )
         return pb.ManagementResponse(result=to_value(result))
 
