@@ -7,6 +7,7 @@
     │   └── BlockLoadError       MODULE:CLASS cannot be imported
     ├── PacketError              one packet failed; answered on that packet only
     │   ├── InvalidPacket        INVALID_ARGUMENT (bad JSON, too many files, ...)
+    │   │   └── InvalidJSON         packet.json() on data that is not JSON (also a ValueError)
     │   ├── PreprocessRejected   INVALID_ARGUMENT (on_preprocess returned False)
     │   ├── ProcessingFailed     UNKNOWN (on_data / on_batch returned False)
     │   ├── BlockCodeError       INTERNAL (block code raised or returned a bad shape)
@@ -16,12 +17,21 @@
     │   │   ├── LinkUnavailable     a downstream target stayed unreachable (routing)
     │   │   └── PartialsAbandoned   a streaming producer's partials go nowhere any more
     │   ├── DownstreamError      a downstream block's error, its code passed on (routing)
-    │   └── PermissionDenied     PERMISSION_DENIED
+    │   ├── PermissionDenied     PERMISSION_DENIED
+    │   ├── Transient            UNAVAILABLE (retryable): the block says "try again"
+    │   ├── Permanent            FAILED_PRECONDITION: the block says "this input will fail again"
+    │   └── InvalidInput         INVALID_ARGUMENT: the block says "this input is wrong"
     ├── ParametersRejected       SetParameters: on_update refused (INVALID_ARGUMENT)
     └── UnknownAction            Management: action not handled (UNIMPLEMENTED)
 
 A block may raise ``UnknownAction`` from ``management`` to say that it does not know an
 action; any ``PacketError`` raised from block code keeps its own code.
+
+The three error kinds a block names itself (``Transient``, ``Permanent``,
+``InvalidInput``) can be raised or returned in place of the message:
+``return False, Transient("upstream timeout")`` from ``on_preprocess``, ``on_data`` or
+an ``on_batch`` entry. A plain ``(False, "message")`` stays ``ProcessingFailed``
+(UNKNOWN, not retried) or, from ``on_preprocess``, ``PreprocessRejected``.
 """
 
 from __future__ import annotations
@@ -65,6 +75,11 @@ class InvalidPacket(PacketError):
     """The packet itself is malformed (bad JSON, too many files, bad routing pointer)."""
 
     code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class InvalidJSON(InvalidPacket, ValueError):
+    """``AIOSPacket.json()`` met data that is not JSON: INVALID_ARGUMENT, not the INTERNAL of
+    a block's own bug (a ``ValueError`` too, so a block's ``except ValueError`` still works)."""
 
 
 class PreprocessRejected(PacketError):
@@ -132,6 +147,29 @@ class PermissionDenied(PacketError):
     code = grpc.StatusCode.PERMISSION_DENIED
 
 
+class Transient(PacketError):
+    """The block failed for now and the same packet may succeed later (UNAVAILABLE, retried).
+
+    >>> Transient("upstream timeout").retryable
+    True
+    """
+
+    code = grpc.StatusCode.UNAVAILABLE
+    retryable = True
+
+
+class Permanent(PacketError):
+    """The block cannot process this packet and never will (FAILED_PRECONDITION, not retried)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class InvalidInput(PacketError):
+    """The packet's input is wrong for this block (INVALID_ARGUMENT, not retried)."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
 class ParametersRejected(AiosError):
     """``on_update`` refused the parameters, or they were not a JSON object."""
 
@@ -157,13 +195,17 @@ __all__ = [
     "BlockLoadError",
     "ConfigurationError",
     "DeadlineExceeded",
+    "InvalidInput",
+    "InvalidJSON",
     "InvalidPacket",
     "PacketError",
     "ParametersRejected",
+    "Permanent",
     "PermissionDenied",
     "PreprocessRejected",
     "ProcessingFailed",
     "ResourceExhausted",
+    "Transient",
     "Unavailable",
     "UnknownAction",
     "status_of",

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aios_grpc._pb import pb
+from aios_grpc.errors import InvalidJSON
 
 # JSONDecoder sets scan_once (its C scanner) in __init__; typeshed does not declare it.
 _scan_once: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
@@ -85,7 +86,11 @@ class AIOSPacket:
                 # The SDK's check parsed it already; hand that value over once.
                 value, self._parsed, self._parsed_from = self._parsed, None, None
                 return value
-            return loads(data)
+            try:
+                return loads(data)
+            except ValueError as exc:
+                # Our validation, not the block's bug: INVALID_ARGUMENT wherever it is called.
+                raise InvalidJSON(f"packet data is not valid JSON: {exc}", stage="decode") from None
         return data
 
     def check_json(self) -> None:

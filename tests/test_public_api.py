@@ -17,10 +17,10 @@ from tests.conftest import ROOT
 PUBLIC = [
     "AIOSMetrics", "AIOSPacket", "AiosError", "Batcher", "Block", "BlockCodeError", "BlockEvents",
     "BlockServer", "BlockSideCars", "BlockTester", "ConfigurationError", "Context", "DeadlineExceeded",
-    "FileInfo", "InvalidPacket", "Muxer", "OnDataResult", "PacketError", "ParametersRejected",
-    "PermissionDenied", "PreProcessResult", "PreprocessRejected", "ProcessingFailed", "ResourceExhausted",
-    "SessionsManager", "Settings", "StateDict", "TestContext", "TimeBasedBatcher", "Unavailable",
-    "UnknownAction", "__version__", "json", "load_settings", "time",
+    "FileInfo", "InvalidInput", "InvalidPacket", "Muxer", "OnDataResult", "PacketError", "ParametersRejected",
+    "Permanent", "PermissionDenied", "PreProcessResult", "PreprocessRejected", "ProcessingFailed",
+    "ResourceExhausted", "SessionsManager", "Settings", "StateDict", "TestContext", "TimeBasedBatcher",
+    "Transient", "Unavailable", "UnknownAction", "__version__", "json", "load_settings", "time",
 ]  # fmt: skip
 
 
