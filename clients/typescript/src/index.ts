@@ -97,12 +97,12 @@ export interface PacketFields {
   deadline?: number;
 }
 
-/** A `Packet` whose `data` is `data` as JSON text (a string is sent as is). */
-export function makePacket(data: JsonValue | undefined, fields: PacketFields = {}): Packet {
+/** A `Packet` whose `data` is `data` as JSON text (`undefined` sends `{}`); `rawData` sends text as is. */
+export function makePacket(data: JsonValue | undefined, fields: PacketFields & { rawData?: string } = {}): Packet {
   return create(PacketSchema, {
     sessionId: fields.sessionId ?? "",
     seqNo: BigInt(fields.seqNo ?? 0),
-    data: typeof data === "string" ? data : JSON.stringify(data ?? {}),
+    data: fields.rawData ?? JSON.stringify(data === undefined ? {} : data),
     outputPtr:
       fields.outputPtr === undefined
         ? ""
