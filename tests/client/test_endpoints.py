@@ -140,11 +140,18 @@ def test_bad_endpoint_options_are_clear_errors():
         BlockClient([])
 
 
-def test_each_endpoint_sends_its_own_token():
-    client = BlockClient([{"address": "127.0.0.1:1", "token": "tok-a"}, "127.0.0.1:2"], token="shared", retries=0)
-    with client:
-        metadata = [dict(conn.metadata) for conn in client._conns]
-    assert metadata == [{"authorization": "Bearer tok-a"}, {"authorization": "Bearer shared"}]
+def test_each_endpoint_sends_its_own_token(serve):
+    a = serve(WhoBlock, instance_id="a", auth_tokens=["tok-a"])
+    b = serve(WhoBlock, instance_id="b", auth_tokens=["tok-shared"])
+    endpoints = [{"address": a.address, "token": "tok-a"}, {"address": b.address, "weight": 1}]
+    with BlockClient(endpoints, policy="round_robin", token="tok-shared", retries=0) as client:
+        seen = collections.Counter(client.run({"i": i}).data["instance"] for i in range(4))
+    assert seen == {"a": 2, "b": 2}
+    # The shared token alone is refused by a: its own token was what let the calls in.
+    with BlockClient(a.address, token="tok-shared", retries=0) as client:
+        with pytest.raises(grpc.RpcError) as refused:
+            client.run({"i": 9})
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 def _result(seq: int, kind: str, retryable: bool = False) -> Result:
