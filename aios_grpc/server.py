@@ -24,7 +24,7 @@ from typing import Any
 
 import grpc
 
-from aios_grpc._pb import SERVICE_NAME, pb_grpc
+from aios_grpc._pb import SERVICE_NAME
 from aios_grpc.context import Context
 from aios_grpc.errors import ConfigurationError
 from aios_grpc.redis.wiring import RedisWiring
@@ -33,6 +33,7 @@ from aios_grpc.runtime import Scheduler
 from aios_grpc.runtime.adapter import BlockAdapter
 from aios_grpc.runtime.control import ControlPlane
 from aios_grpc.service.auth import TokenAuth
+from aios_grpc.service.decode import add_block_service, core_receive_limit
 from aios_grpc.service.health import HealthMonitor
 from aios_grpc.service.reflection import enable_reflection
 from aios_grpc.service.servicer import BlockServicer
@@ -106,7 +107,8 @@ class BlockServer:
         limit = self.settings.max_message_bytes
         server = grpc.aio.server(
             options=[
-                ("grpc.max_receive_message_length", limit),
+                # Messages up to twice the limit reach Python, which refuses them (service/decode.py).
+                ("grpc.max_receive_message_length", core_receive_limit(limit)),
                 ("grpc.max_send_message_length", limit),
                 ("grpc.so_reuseport", 0),
                 *self._window_options(),
@@ -114,7 +116,7 @@ class BlockServer:
             interceptors=[self.auth] if self.auth is not None else None,
         )
         self._server = server
-        pb_grpc.add_BlockServiceServicer_to_server(self.servicer, server)
+        add_block_service(self.servicer, server, limit)
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
@@ -226,16 +228,21 @@ class BlockServer:
         if self.redis is not None:
             # Stop taking Redis entries first; those in flight are acknowledged as they finish.
             await self.redis.drain(max(0.0, deadline - loop.time()))
+        left = 0
         if self.scheduler is not None:
             left = await self.scheduler.drain(max(0.0, deadline - loop.time()))
             if left:
                 log.warning("%d packets still in flight after the grace period", left)
         # Every packet read so far is answered (or the grace period is over): end the open
-        # streams cleanly instead of letting grpc cancel them at the end of the grace period.
-        self.servicer.end_streams()
+        # streams with a status instead of letting grpc cancel them at the end of the grace
+        # period: UNAVAILABLE, never OK, where packets went unread or unanswered (service/stream.py).
+        self.servicer.end_streams(abandon=left > 0)
         # Health Watch streams too: each has had NOT_SERVING; left open, grpc would wait
         # the whole grace period for them.
         self.health.end_watches()
+        # The streams write their last answers and status; up to half a second past the grace
+        # period when it is over, so that the status reaches the callers before grpc cancels.
+        await self.servicer.streams_closed(max(0.5, deadline - loop.time()))
         if self._server is not None:
             # grpc is told last: until now health answered NOT_SERVING and a new Process call
             # was refused UNAVAILABLE by the servicer (the scheduler no longer accepts). A call

@@ -31,6 +31,7 @@ from aios_grpc.errors import (
     ProcessingFailed,
 )
 from aios_grpc.grouping import Batcher, Muxer
+from aios_grpc.json_depth import text_too_deep, too_deep_message
 from aios_grpc.packet import AIOSPacket, OnDataResult, PreProcessResult
 
 BLOCK_METHODS = (
@@ -67,6 +68,13 @@ def _json_encoder() -> Callable[[Any, int], list[str]] | None:
 
 
 _ENCODE = _json_encoder()
+
+
+def _staged(error: PacketError, stage: str) -> PacketError:
+    """``error`` with ``stage`` filled in when the block left it empty."""
+    if not error.stage:
+        error.stage = stage
+    return error
 
 
 def _short(value: Any) -> str:
@@ -146,23 +154,41 @@ class BlockAdapter:
     # -- result checks -------------------------------------------------------------------
 
     @staticmethod
-    def validate_packet(packet: AIOSPacket, validate_json: bool, max_files: int) -> None:
-        """Reject a packet whose ``data`` is not JSON or that has too many files."""
+    def validate_packet(packet: AIOSPacket, validate_json: bool, max_files: int, limits: Any = None) -> None:
+        """Reject a packet whose ``data`` is not JSON or nests too deep, that has too many
+        files, or whose session id is too long (``limits``: the ``Settings`` with
+        ``max_json_depth`` and ``max_session_id_bytes``; None: those two unchecked)."""
         if len(packet.files) > max_files:
             raise InvalidPacket(
                 f"packet has {len(packet.files)} files; at most {max_files} are allowed (AIOS_MAX_FILES_PER_PACKET)",
                 stage="decode",
             )
-        if validate_json and isinstance(packet.data, str) and packet.data:
+        if limits is not None and 4 * len(packet.session_id) > limits.max_session_id_bytes:
+            size = len(packet.session_id.encode("utf-8", "surrogatepass"))
+            if size > limits.max_session_id_bytes:
+                raise InvalidPacket(
+                    f"session_id is {size} bytes; at most {limits.max_session_id_bytes} are allowed"
+                    " (AIOS_MAX_SESSION_ID_BYTES)",
+                    stage="decode",
+                )
+        data = packet.data
+        if validate_json and isinstance(data, str | bytes) and data:
             try:
                 packet.check_json()  # kept for the block's own packet.json(): one parse, not two
+            except RecursionError:
+                depth = limits.max_json_depth if limits is not None else 0
+                raise InvalidPacket(too_deep_message("packet data", depth), stage="decode") from None
             except ValueError as exc:
                 raise InvalidPacket(f"packet data is not valid JSON: {exc}", stage="decode") from None
+            if limits is not None and text_too_deep(data, packet._parsed, limits.max_json_depth):
+                raise InvalidPacket(too_deep_message("packet data", limits.max_json_depth), stage="decode")
 
     def check_preprocess(self, ret: Any) -> list[PreProcessResult]:
         """The entries from an ``on_preprocess`` return value, or the error it stands for."""
         ok, value = self._pair("on_preprocess", ret, "(True, [PreProcessResult, ...]) or (False, 'error')")
         if not ok:
+            if isinstance(value, PacketError):  # (False, Transient("...")): the block names the kind
+                raise _staged(value, "preprocess")
             raise PreprocessRejected(f"on_preprocess rejected the packet: {value}", stage="preprocess")
         if isinstance(value, PreProcessResult):
             return [value]
@@ -177,6 +203,8 @@ class BlockAdapter:
         """The output of one ``on_data`` result (``OnDataResult`` or None), or its error."""
         ok, value = self._pair(f"on_{stage}", ret, "(True, OnDataResult), (True, None) or (False, 'error')")
         if not ok:
+            if isinstance(value, PacketError):  # (False, Transient("...")): the block names the kind
+                raise _staged(value, stage)
             raise ProcessingFailed(f"on_{stage} failed: {value}", stage=stage)
         if value is None or isinstance(value, OnDataResult):
             return value

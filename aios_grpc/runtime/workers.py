@@ -25,8 +25,9 @@ from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from aios_grpc.errors import BlockCodeError, DeadlineExceeded, Unavailable
+from aios_grpc.errors import BlockCodeError, DeadlineExceeded, InvalidPacket, Unavailable
 from aios_grpc.job import Job, Outcome
+from aios_grpc.json_depth import text_too_deep, too_deep_message
 from aios_grpc.packet import AIOSPacket, OnDataResult
 from aios_grpc.routing import Router
 from aios_grpc.runtime.adapter import BlockAdapter
@@ -267,20 +268,29 @@ class Workers:
             self.router.check(job)
         data = packet.data
         settings = self.settings
-        if type(data) is not str or len(packet.files) > settings.max_files_per_packet:
-            self.block.validate_packet(packet, settings.validate_json, settings.max_files_per_packet)
+        if (
+            type(data) is not str
+            or len(packet.files) > settings.max_files_per_packet
+            # At most 4 UTF-8 bytes a character: a shorter id is within the limit unmeasured.
+            or 4 * len(packet.session_id) > settings.max_session_id_bytes
+        ):
+            self.block.validate_packet(packet, settings.validate_json, settings.max_files_per_packet, settings)
         elif data and settings.validate_json:
             # The usual packet (JSON text, files within the limit), without validate_packet's frame.
             try:
                 packet.check_json()
-            except ValueError:
-                self.block.validate_packet(packet, True, settings.max_files_per_packet)  # raises InvalidPacket
+            except (ValueError, RecursionError):
+                # Raises InvalidPacket naming what is wrong.
+                self.block.validate_packet(packet, True, settings.max_files_per_packet, settings)
+            # Only text long enough to be too deep is looked at (json_depth.py).
+            if len(data) > 2 * settings.max_json_depth and text_too_deep(data, packet._parsed, settings.max_json_depth):
+                raise InvalidPacket(too_deep_message("packet data", settings.max_json_depth), stage="decode")
 
     def output_packet(self, job: Job, result: OnDataResult) -> AIOSPacket:
         """The output packet for one ``OnDataResult`` of ``job``."""
-        data = result.output
-        if not isinstance(data, str):
-            data = self.block.output_text(data)
+        # Every output value is JSON-encoded, a str too (it becomes a JSON string), as the
+        # original SDK's json.dumps did: a block's output is a value, never raw text.
+        data = self.block.output_text(result.output)
         packet = job.packet
         # Positional: AIOSPacket(session_id, seq_no, data, ts, output_ptr, files, headers).
         return AIOSPacket(

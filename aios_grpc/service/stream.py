@@ -16,15 +16,19 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
+
+import grpc
 
 from aios_grpc._pb import pb
 from aios_grpc.converters import error_to_proto, fill_packet, packet_from_proto
-from aios_grpc.errors import InvalidPacket, Unavailable
+from aios_grpc.errors import InvalidPacket, ResourceExhausted, Unavailable
 from aios_grpc.job import Job, Kind, Result
 from aios_grpc.runtime import Scheduler
 from aios_grpc.runtime.window import Window
+from aios_grpc.service.decode import Refused
 from aios_grpc.service.ordering import OrderedReplies
 
 END = object()
@@ -94,6 +98,27 @@ class Outbox:
         return self._items.popleft()
 
 
+@dataclass(frozen=True, slots=True)
+class StreamLimits:
+    """What one Process stream may hold and write (``from_settings`` for the server's)."""
+
+    max_message_bytes: int = 16 * 1024 * 1024
+    """Largest response written (``AIOS_MAX_MESSAGE_BYTES``, grpc's send limit)."""
+    max_unsent_bytes: int = 4 * 1024 * 1024
+    """Bytes of results unwritten, with those of the packets in flight (``AIOS_STREAM_MAX_UNSENT_BYTES``)."""
+    max_streams: int = 256
+    """Process streams open at once (``AIOS_MAX_STREAMS``); the servicer refuses one more."""
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> StreamLimits:
+        """The limits ``settings`` (a ``Settings``) configure."""
+        return cls(
+            max_message_bytes=settings.max_message_bytes,
+            max_unsent_bytes=settings.stream_max_unsent_bytes,
+            max_streams=settings.max_streams,
+        )
+
+
 class Stream:
     """One Process stream: reads packets, bounds those unanswered, orders and writes the results.
 
@@ -107,8 +132,10 @@ class Stream:
         max_in_flight: int,
         time_remaining: float | None,
         trace: dict[str, str] | None = None,
+        limits: StreamLimits | None = None,
     ) -> None:
         self.scheduler = scheduler
+        self.limits = limits or StreamLimits()
         self.out = Outbox()
         self.replies = OrderedReplies(self._emit)
         self.window = Window(max_in_flight)
@@ -118,14 +145,27 @@ class Stream:
         self.reader: asyncio.Task[None] | None = None
         self.stopping = False
         self.deadline = time.monotonic() + time_remaining if time_remaining else 0.0
+        # How the stream ends once every packet read is written, when not OK (servicer.Process):
+        # a request message refused (service/decode.py), or a drain that stopped the reading.
+        self.status: tuple[grpc.StatusCode, str] | None = None
         self.trace = trace  # W3C trace context from the stream's metadata
 
     # -- the writer ------------------------------------------------------------------
 
     async def responses(self, requests: AsyncIterator[pb.ProcessRequest]) -> AsyncGenerator[pb.ProcessResponse, None]:
-        """Read ``requests`` (in a task) and yield the responses, until every packet read is answered."""
+        """Read ``requests`` (in a task) and yield the responses, until every packet read is answered.
+
+        No response is larger than ``limits.max_message_bytes``: one that would be is
+        split (``_split``), and a result that fits in no response is answered with an
+        error result instead (RESOURCE_EXHAUSTED, stage ``reply``).
+        """
         out = self.out
         window = self.window
+        limit = self.limits.max_message_bytes
+        # A lone result whose big fields (data, session id, pointer) stay under a quarter
+        # of the limit and that has no files, headers or error cannot reach it: only the
+        # others are measured (ByteSize serializes the message; ~0.6 us for a small one).
+        quarter = limit // 4
         reader = self.reader = asyncio.create_task(self.read(requests))
         try:
             while True:
@@ -135,6 +175,20 @@ class Stream:
                 if not self.coalesce:
                     response = pb.ProcessResponse()
                     fill_results(lambda: response.result, (item,))  # noqa: B023  (called at once)
+                    output = item[2].output
+                    if (
+                        (
+                            output.files
+                            or output.headers
+                            or len(output.data) + len(output.output_ptr) + 2 * len(item[0]) > quarter
+                            if output is not None
+                            else len(item[0]) > quarter
+                        )
+                        or item[2].error is not None
+                    ) and response.ByteSize() > limit:
+                        async for part in self._write_split([item]):
+                            yield part
+                        continue
                     try:
                         yield response
                     except BaseException:
@@ -151,6 +205,11 @@ class Stream:
                 items = out.take(item, MAX_RESULTS_PER_RESPONSE)
                 response = pb.ProcessResponse()
                 partials = fill_results(response.results.add, items)
+                # Exact and cheap per result here (~0.15 us each for 256 small results).
+                if response.ByteSize() > limit:
+                    async for part in self._write_split(items):
+                        yield part
+                    continue
                 try:
                     yield response
                 except BaseException:
@@ -168,6 +227,57 @@ class Stream:
             self.close()
             if not reader.done():
                 reader.cancel()
+
+    async def _write_split(self, items: list[tuple[str, int, Result]]) -> AsyncGenerator[pb.ProcessResponse, None]:
+        """Yield ``items`` as responses within the message limit (``_split``), freeing places as each is written."""
+        try:
+            for response, terminal, partials in self._split(items):
+                yield response
+                if terminal:
+                    self.window.release(terminal)
+                for partial in partials:
+                    partial.sent()
+        except BaseException:
+            for one in items:
+                one[2].drop()  # the caller is gone: no producer may wait for these
+            raise
+
+    def _split(self, items: list[tuple[str, int, Result]]) -> Iterator[tuple[pb.ProcessResponse, int, list[Result]]]:
+        """``items`` as responses within the message limit, each with its terminal count and partials.
+
+        The slow path of a response that would be too large. A result too large for any
+        response is answered with an error result naming its size and the limit; for a
+        partial output that is a partial carrying the error (its packet's terminal result
+        still follows).
+        """
+        limit = self.limits.max_message_bytes
+        response = pb.ProcessResponse()
+        size = 0
+        terminal = 0
+        partials: list[Result] = []
+        for i, (session_id, seq_no, result) in enumerate(items):
+            single = pb.ProcessResponse()
+            fill_results(single.results.add, [(session_id, seq_no, result)])
+            one = single.ByteSize()
+            if one > limit:
+                result = _too_large(result, one, limit)
+                if len(session_id) > limit // 2:
+                    session_id = session_id[:256]  # cannot be answered by name: the id alone breaks the limit
+                single = pb.ProcessResponse()
+                fill_results(single.results.add, [(session_id, seq_no, result)])
+                one = single.ByteSize()
+            if size and size + one > limit:
+                yield response, terminal, partials
+                response, size, terminal, partials = pb.ProcessResponse(), 0, 0, []
+            response.MergeFrom(single)
+            size += one
+            item = items[i][2]
+            if item.kind is _PARTIAL:
+                partials.append(item)
+            else:
+                terminal += 1
+        if size:
+            yield response, terminal, partials
 
     def close(self) -> None:
         """The caller is gone: drop every partial not written, so that its producer stops."""
@@ -206,8 +316,10 @@ class Stream:
         try_submit = scheduler.try_submit
         try_submit_many = scheduler.try_submit_many
         trace = self.trace
+        index = 0  # request messages read, for the refusal's message
         try:
             async for request in requests:
+                index += 1
                 if request.packets:
                     self.coalesce = True
                     messages = list(request.packets)
@@ -241,6 +353,13 @@ class Stream:
                         await self._submit_each([job], 0)
                 else:
                     await self._read_each((request.packet,))
+        except Refused as exc:
+            # Not parsed: the packets read before it are answered, then the stream ends.
+            self.status = (
+                exc.code,
+                f"request message {index + 1} of the stream (counting from 1) was refused: {exc.message};"
+                " every packet read before it was answered",
+            )
         except asyncio.CancelledError:
             if not self.stopping:
                 raise
@@ -345,10 +464,36 @@ class Stream:
             self.replies.slot(msg.session_id, msg.seq_no)(_draining())
 
     def stop_reading(self) -> None:
-        """Read no more packets (drain); the stream ends once every read packet is answered."""
+        """Read no more packets (drain); the stream ends once every read packet is answered.
+
+        When the caller had not half-closed, packets it sent may be left unread: the stream
+        then ends UNAVAILABLE, never OK, so that the caller resends what got no answer.
+        """
         if self.reader is not None and not self.reader.done():
             self.stopping = True
             self.reader.cancel()
+            if self.status is None:
+                self.status = (
+                    grpc.StatusCode.UNAVAILABLE,
+                    "block is draining: it stopped reading this stream; packets without an answer"
+                    " were not read, resend them to another instance",
+                )
+
+    def abandon(self) -> None:
+        """The drain's grace period is over: write the answers already made, then end UNAVAILABLE.
+
+        The packets still unanswered (their block code still runs) are named by count in
+        the stream's status.
+        """
+        self.stop_reading()
+        unanswered = self.replies.open_slots
+        if unanswered:
+            self.status = (
+                grpc.StatusCode.UNAVAILABLE,
+                f"block is draining: the grace period ended with {unanswered} packet(s) of this stream"
+                " unanswered; resend them to another instance",
+            )
+        self.out.end()
 
 
 def _deadline(wall_clock: float, stream_deadline: float, now: float) -> float:
@@ -361,6 +506,16 @@ def _deadline(wall_clock: float, stream_deadline: float, now: float) -> float:
 def _draining() -> Result:
     """The answer for a packet read and not run: the stream stopped reading (drain)."""
     return Result(Kind.ERROR, error=Unavailable("block is draining; retry on another instance", stage="queue"))
+
+
+def _too_large(result: Result, size: int, limit: int) -> Result:
+    """The answer in place of ``result``, which fits in no response of ``limit`` bytes."""
+    error = ResourceExhausted(
+        f"the result is {size} bytes, over the message limit of {limit} bytes (AIOS_MAX_MESSAGE_BYTES)",
+        stage="reply",
+        retryable=False,
+    )
+    return Result(_PARTIAL if result.kind is _PARTIAL else Kind.ERROR, error=error)
 
 
 def fill_results(add: Any, items: Sequence[tuple[str, int, Result]]) -> list[Result] | None:

@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
 import pytest
 
 from aios_grpc import OnDataResult
@@ -40,12 +41,22 @@ class Gated:
         return True, OnDataResult(output={"n": entry.packet.seq_no})
 
 
+class Aborted(Exception):
+    """What the fake context's ``abort`` raises (grpc's raises its AbortError)."""
+
+
 class Context:
+    aborted: tuple[Any, str] | None = None
+
     def time_remaining(self) -> float | None:
         return None
 
     def invocation_metadata(self) -> tuple[()]:
         return ()
+
+    async def abort(self, code: Any, details: str) -> None:
+        Context.aborted = (code, details)
+        raise Aborted(details)
 
 
 class Counting(Telemetry):
@@ -80,8 +91,12 @@ async def _serve(scheduler: Scheduler, requests: list[pb.ProcessRequest], answer
             yield request
         await asyncio.Event().wait()  # the caller keeps its side open
 
-    async for response in servicer.Process(feed(), Context()):  # type: ignore[arg-type]
-        answers.extend((r.seq_no, r.kind, r.error.code_name) for r in response.results)
+    Context.aborted = None
+    try:
+        async for response in servicer.Process(feed(), Context()):  # type: ignore[arg-type]
+            answers.extend((r.seq_no, r.kind, r.error.code_name) for r in response.results)
+    except Aborted:
+        pass
 
 
 async def _until(check: Any, timeout: float = 5.0) -> None:
@@ -124,6 +139,8 @@ async def test_draining_while_the_rest_of_a_request_waits_answers_every_packet()
     Gated.gate.set()
     await asyncio.wait_for(serving, 5)
     assert answers == [(n, Kind.OK, "") for n in range(1, 4)] + [(n, Kind.ERROR, "UNAVAILABLE") for n in range(4, 9)]
+    # The caller had not half-closed: the stream ends UNAVAILABLE, never OK (packets may be unread).
+    assert Context.aborted is not None and Context.aborted[0] == grpc.StatusCode.UNAVAILABLE
     assert scheduler.in_flight == 0
     await scheduler.stop()
 

@@ -31,7 +31,13 @@ def test_health_and_a_new_stream_during_a_drain(serve):
                 client.run({"late": True}, timeout=5)
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
             assert "draining" in (refused.value.details() or "")
-            results = [r for r in stream.results() if r.terminal]
+            results = []
+            with pytest.raises(grpc.RpcError) as ended:
+                for r in stream.results():
+                    if r.terminal:
+                        results.append(r)
         finally:
             stopper.join(15)
     assert [r.ok for r in results] == [True]  # the packet in flight was still answered
+    # The stream was still open for sending: it ends UNAVAILABLE, never OK (packets may be unread).
+    assert ended.value.code() == grpc.StatusCode.UNAVAILABLE and "resend" in (ended.value.details() or "")
