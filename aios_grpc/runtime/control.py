@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -50,7 +51,12 @@ class ControlPlane:
         """
         if not isinstance(params, dict):
             raise ParametersRejected(f"parameters must be a JSON object, got {type(params).__name__}")
+        limit = self.scheduler.settings.max_parameters_bytes
+        self._check_size("the update", params, limit)
         async with self._lock:  # updates apply one at a time, in arrival order
+            # Refused before on_update sees it: stored parameters travel in every GetInfo and
+            # SetParameters answer, which must stay within the message limit.
+            self._check_size("the parameters with the update", {**self.parameters, **params}, limit)
             if not self.block.has("on_update"):
                 applied: Any = params
             else:
@@ -69,11 +75,22 @@ class ControlPlane:
                     applied = params
                 if not isinstance(applied, dict):
                     raise ParametersRejected(f"on_update must return (True, dict), got (True, {applied!r:.120})")
+            if applied is not params:
+                self._check_size("the parameters with what on_update applied", {**self.parameters, **applied}, limit)
             self.parameters.update(applied)
             current = copy.deepcopy(self.parameters)
         if broadcast and self.broadcast is not None:
             await self.broadcast(dict(params))
         return dict(applied), current
+
+    @staticmethod
+    def _check_size(what: str, value: dict[str, Any], limit: int) -> None:
+        """``ParametersRejected`` when ``value`` as JSON is over ``limit`` bytes."""
+        size = len(json.dumps(value, default=str).encode())
+        if size > limit:
+            raise ParametersRejected(
+                f"{what} would be {size} bytes of JSON, over the limit of {limit} (AIOS_MAX_PARAMETERS_BYTES)"
+            )
 
     async def management(self, action: str, data: dict[str, Any]) -> Any:
         """Run ``action``: an SDK action (``aios.*``) or the block's ``management``."""
