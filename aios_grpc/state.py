@@ -8,6 +8,13 @@
 >>> state["seen"] = {"a": [1, 2]}
 >>> state["seen"]["a"]
 [1, 2]
+
+Where they live: a ``StateDict`` or ``SessionsManager`` made without a ``store`` uses the
+process's default store, which a server with ``AIOS_REDIS_URL`` set makes its Redis
+(from its start until it stops): ``StateDict("counters")`` in a block's ``__init__`` or
+later is then shared by every instance of the block. Without Redis each one keeps its
+values in memory of its own. One made before the server exists (at import time) stays in
+memory.
 """
 
 from __future__ import annotations
@@ -18,6 +25,27 @@ from typing import Any
 
 from aios_grpc.adapters.state_store import MemoryStateStore, StateStore, dumps
 
+# The stores that running servers made the default, latest last (servers in one process,
+# as in tests, may stop in any order).
+_defaults: list[StateStore] = []
+
+
+def add_default_store(store: StateStore) -> None:
+    """Make ``store`` the one that ``StateDict``/``SessionsManager`` made without a store use,
+    until ``remove_default_store(store)``."""
+    _defaults.append(store)
+
+
+def remove_default_store(store: StateStore) -> None:
+    """Undo ``add_default_store(store)`` (the one added before it is the default again)."""
+    if store in _defaults:
+        _defaults.remove(store)
+
+
+def default_store() -> StateStore | None:
+    """The store added last and not removed (None: each gets a memory store of its own)."""
+    return _defaults[-1] if _defaults else None
+
 
 class StateDict(MutableMapping[str, Any]):
     """A dict of JSON values stored in a ``StateStore`` under one name.
@@ -27,7 +55,7 @@ class StateDict(MutableMapping[str, Any]):
 
     def __init__(self, name: str = "default", store: StateStore | None = None, ttl_s: float | None = None) -> None:
         self.name = name
-        self._store = store or MemoryStateStore()
+        self._store = store or default_store() or MemoryStateStore()
         self._ttl_s = ttl_s
 
     def __getitem__(self, key: str) -> Any:
@@ -69,8 +97,13 @@ class SessionsManager:
     PREFIX = "session:"
 
     def __init__(self, store: StateStore | None = None, default_ttl_s: float | None = None) -> None:
-        self._store = store or MemoryStateStore()
+        self._store = store or default_store() or MemoryStateStore()
         self._ttl_s = default_ttl_s
+
+    @property
+    def store(self) -> StateStore:
+        """Where the sessions live."""
+        return self._store
 
     def session(self, session_id: str, ttl_s: float | None = None) -> StateDict:
         """The ``StateDict`` of one session (created on first write)."""
@@ -106,4 +139,4 @@ class SessionsManager:
             self._store.clear(name)
 
 
-__all__ = ["SessionsManager", "StateDict"]
+__all__ = ["SessionsManager", "StateDict", "add_default_store", "default_store", "remove_default_store"]

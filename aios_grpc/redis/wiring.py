@@ -1,7 +1,9 @@
 """``RedisWiring``: the Redis-backed pieces of one block instance, chosen by settings.
 
 With ``AIOS_REDIS_URL`` set, the context's ``sessions``, ``events`` and side-cars use
-Redis, SetParameters is broadcast to every instance of the block, and
+Redis, so do the block's own ``StateDict``/``SessionsManager`` made without a store
+(``RedisWiring`` makes Redis the process's default store until it closes),
+SetParameters is broadcast to every instance of the block, and
 ``AIOS_REDIS_INGRESS_STREAM`` / ``AIOS_REDIS_INGRESS_LIST`` start ingresses. Without
 it, nothing here runs and the block keeps its in-memory helpers.
 """
@@ -19,7 +21,7 @@ from aios_grpc.redis.params import ParameterBroadcast
 from aios_grpc.redis.queue import RedisListQueue, sidecar_url
 from aios_grpc.redis.state import RedisStateStore
 from aios_grpc.settings import Settings
-from aios_grpc.state import SessionsManager
+from aios_grpc.state import SessionsManager, add_default_store, remove_default_store
 
 if TYPE_CHECKING:
     from aios_grpc.redis.list_ingress import ListIngress
@@ -60,6 +62,9 @@ class RedisWiring:
         self.client = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=2.0)
         self.broadcast: ParameterBroadcast | None = None
         self.ingresses: list[StreamIngress | ListIngress] = []
+        # Made before the block's __init__ runs, so that its StateDict("name") is in Redis.
+        self.state_store = RedisStateStore.from_url(settings.redis_url, settings.redis_key_prefix)
+        add_default_store(self.state_store)
 
     @staticmethod
     def wanted(settings: Settings) -> bool:
@@ -137,6 +142,8 @@ class RedisWiring:
         if self.broadcast is not None:
             await self.broadcast.close()
         await self.client.aclose()
+        remove_default_store(self.state_store)
+        self.state_store.client.close()  # a StateDict still used later reconnects
 
 
 __all__ = ["RedisWiring", "context_helpers"]
