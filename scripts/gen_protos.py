@@ -38,7 +38,7 @@ def _plugin(name: str) -> str:
     here = Path(sys.executable).parent / name
     found = str(here) if here.exists() else shutil.which(name)
     if not found:
-        sys.exit(f"gen_protos: {name} not found; install the dev extra (pip install -e '.[dev]')")
+        sys.exit(f"gen_protos: {name} not found; install the dev tools (scripts/dev, or pip install --group dev)")
     return found
 
 

