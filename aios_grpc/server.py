@@ -83,6 +83,7 @@ class BlockServer:
             self.context.metrics,
         )
         self.heartbeats: Any = None  # a blockhealth HeartbeatPublisher when AIOS_REDIS_URL is set
+        self.http: Any = None  # service/http.py BlockHTTP when AIOS_HTTP_PORT is set
         self.scheduler: Scheduler | None = None
         self.control: ControlPlane | None = None
         self.port = 0
@@ -132,6 +133,12 @@ class BlockServer:
         await self.telemetry.start()
         await self.health.start()
         await server.start()
+        if self.settings.http_port >= 0:  # the original SDK's HTTP endpoints (service/http.py)
+            from aios_grpc.service.http import BlockHTTP
+
+            http = BlockHTTP(self, self.settings.host, self.settings.http_port, asyncio.get_running_loop())
+            self.http = http.serve_in_thread()
+            log.info("HTTP endpoints on %s:%d", self.settings.host, http.port)
         self._serving = True
         log.info(
             "listening on %s%s (block %s, instance %s)",
@@ -251,6 +258,8 @@ class BlockServer:
             await self._server.stop(max(0.0, deadline - loop.time()))
         if self.scheduler is not None:
             await self.scheduler.stop()
+        if self.http is not None:
+            await asyncio.to_thread(self.http.close)
         if self.redis is not None:
             await self.redis.close()
         if self.heartbeats is not None:

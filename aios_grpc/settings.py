@@ -216,6 +216,9 @@ class Settings(BaseSettings):
     """Port of the Prometheus endpoint (``GET /metrics``, on AIOS_HOST); 0 picks a free one; -1: off."""
     metrics_host: str = Field("", validation_alias=_env("METRICS_HOST"))
     """Address the metrics endpoint binds; empty: AIOS_HOST (set 0.0.0.0 for a Prometheus scrape in a pod)."""
+    http_port: int = Field(-1, ge=-1, le=65535, validation_alias=_env("HTTP_PORT"))
+    """Port of the original SDK's HTTP endpoints (``GET /health``, ``POST /setParameters``,
+    ``POST /mgmt``, on AIOS_HOST, control-plane tokens); 0 picks a free one; -1: off (default)."""
     tracing: str = Field("auto", validation_alias=_env("TRACING"))
     """Traces: ``auto`` (on when OTEL_TRACES_EXPORTER or OTEL_EXPORTER_OTLP_ENDPOINT is set), ``on``, ``off``."""
     tracing_stages: bool = Field(True, validation_alias=_env("TRACING_STAGES"))
