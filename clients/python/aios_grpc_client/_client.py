@@ -199,6 +199,9 @@ class BlockClient:
         stream when one broke, and ``Unanswered`` is raised when packets ran out of
         retries without a terminal result; each packet's ``(session_id, seq_no)`` should
         be unique within the call. A resent packet's partial results may come again.
+        With ``retries=0`` nothing is resent, and ``Unanswered`` (its ``count``) is raised
+        when the stream ends OK or with a retryable status (a drain's UNAVAILABLE) before
+        every packet sent was answered: ``process()`` never returns with answers missing.
         """
         if self.retry.retries == 0 and len(self._conns) == 1:
             yield from self._process_once(packets, session_id, first_seq_no, coalesce, coalesce_window_s, timeout)
@@ -282,12 +285,27 @@ class BlockClient:
             requests = window_requests(source, coalesce, coalesce_window_s)
         else:
             requests = packet_requests(packets, session_id, first_seq_no, coalesce)
+        sent = [0]  # packets handed to grpc; each must get a terminal result
+        answered = 0
         try:
-            responses = self._stub.Process(requests, timeout=timeout, metadata=self.metadata)
+            responses = self._stub.Process(_counted(requests, sent), timeout=timeout, metadata=self.metadata)
             for response in responses:
-                yield from results_of(response)
+                results = results_of(response)
+                for result in results:
+                    if result.kind != "partial":
+                        answered += 1
+                yield from results
+        except grpc.RpcError as exc:
+            # As with retries on: a status that says "try again" (UNAVAILABLE, a drain) names
+            # what went unanswered; any other (UNAUTHENTICATED, ...) is raised as it is.
+            if sent[0] > answered and retryable_call_error(exc):
+                why = f"{exc.code().name}: {exc.details()}"[:200]
+                raise Unanswered([], why, count=sent[0] - answered) from exc
+            raise
         finally:
             stop.set()
+        if sent[0] > answered:
+            raise Unanswered([], "the stream ended OK without their answers", count=sent[0] - answered)
 
     def run(self, data: Any, *, session_id: str = "session", seq_no: int = 1, timeout: float | None = None) -> Result:
         """Process one input and return its terminal result, with its partial results in ``partials``."""
@@ -351,6 +369,13 @@ class BlockClient:
                 last = f"{exc.code().name}: {exc.details()}"
             time.sleep(0.05)
         raise TimeoutError(f"{self.target} not SERVING after {timeout}s (last: {last})")
+
+
+def _counted(requests: Iterator[pb.ProcessRequest], sent: list[int]) -> Iterator[pb.ProcessRequest]:
+    """``requests``, counting their packets into ``sent[0]``."""
+    for request in requests:
+        sent[0] += len(request.packets) + request.HasField("packet")
+        yield request
 
 
 class ProcessStream:

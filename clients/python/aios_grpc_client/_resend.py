@@ -38,11 +38,16 @@ class _Entry:
 class Unanswered(RuntimeError):
     """Packets of a ``process()`` call ran out of retries without a terminal result."""
 
-    def __init__(self, keys: list[Key], why: str) -> None:
-        shown = ", ".join(f"({sid[:40]!r}, {seq})" for sid, seq in keys[:5])
-        more = f" and {len(keys) - 5} more" if len(keys) > 5 else ""
-        super().__init__(f"{len(keys)} packet(s) unanswered after retries ({why}): {shown}{more}")
+    def __init__(self, keys: list[Key], why: str, count: int | None = None) -> None:
+        if count is not None:
+            # retries=0: nothing was resent, and only how many went unanswered is known.
+            super().__init__(f"{count} packet(s) unanswered, none resent (retries=0; {why})")
+        else:
+            shown = ", ".join(f"({sid[:40]!r}, {seq})" for sid, seq in keys[:5])
+            more = f" and {len(keys) - 5} more" if len(keys) > 5 else ""
+            super().__init__(f"{len(keys)} packet(s) unanswered after retries ({why}): {shown}{more}")
         self.keys = keys
+        self.count = len(keys) if count is None else count
 
 
 class Ledger:
