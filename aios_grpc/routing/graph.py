@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 from collections import Counter
 from typing import TYPE_CHECKING, TypeVar
@@ -87,6 +88,7 @@ class GraphRouter(Router):
         self._deliveries: dict[asyncio.Future[list[AIOSPacket | BaseException | None]], Job] = {}
         self._stopped: dict[asyncio.Future[list[AIOSPacket | BaseException | None]], PacketError] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self._log = _LimitedLog()
         self.allow = allow
         self.backoff = backoff or Backoff(0.05, 2.0)
         self.retry_timeout_s = retry_timeout_s
@@ -168,9 +170,10 @@ class GraphRouter(Router):
             f"(AIOS_ROUTE_MAX_FANOUT={self.max_fanout} over all hops; a loop in the graph?)"
         )
 
-    @staticmethod
-    def _refuse(job: Job, message: str) -> InvalidPacket:
-        log.warning("packet %s/%s refused: %s", quote(job.packet.session_id), job.packet.seq_no, message)
+    def _refuse(self, job: Job, message: str) -> InvalidPacket:
+        self._log.log(
+            logging.WARNING, "packet %s/%s refused: %s", quote(job.packet.session_id), job.packet.seq_no, message
+        )
         return InvalidPacket(message, stage="route")
 
     async def route(self, job: Job, outputs: list[AIOSPacket]) -> list[AIOSPacket]:
@@ -245,7 +248,9 @@ class GraphRouter(Router):
                     why = Unavailable("the packet's caller is gone: routing stopped", stage="route")
                 else:
                     continue
-                log.info("packet %s/%s: %s", quote(job.packet.session_id), job.packet.seq_no, why.message)
+                self._log.log(
+                    logging.INFO, "packet %s/%s: %s", quote(job.packet.session_id), job.packet.seq_no, why.message
+                )
                 self._stopped[delivery] = why
                 delivery.cancel()
 
@@ -373,6 +378,35 @@ def _own_queues(settings: Settings) -> list[str]:
     own = [settings.redis_ingress_stream, settings.redis_ingress_list, settings.redis_parameter_updates]
     own += [settings.redis_dead_letter_stream, f"{settings.redis_key_prefix}:"]
     return [name for name in own if name and name != ":"]
+
+
+class _LimitedLog:
+    """The routing logger, at most ``per_minute`` lines a minute about packets (refusals, stops),
+    then one line counting the rest: a flood of bad packets cannot flood the log."""
+
+    def __init__(self, per_minute: int = 20) -> None:
+        self.per_minute = per_minute
+        self._lock = threading.Lock()  # refusals are logged from the worker threads too
+        self._since = 0.0
+        self._logged = 0
+        self._suppressed = 0
+
+    def log(self, level: int, message: str, *args: object) -> None:
+        now = time.monotonic()
+        with self._lock:
+            suppressed = 0
+            if now - self._since >= 60.0:
+                suppressed, self._suppressed = self._suppressed, 0
+                self._since, self._logged = now, 0
+            show = self._logged < self.per_minute
+            if show:
+                self._logged += 1
+            else:
+                self._suppressed += 1
+        if suppressed:
+            log.warning("%d more lines about routed packets were left out in the last minute", suppressed)
+        if show:
+            log.log(level, message, *args)
 
 
 def _count(text: str, default: int) -> int:

@@ -175,3 +175,18 @@ def test_a_routed_packet_whose_caller_went_away_leaves_the_link(serve, routing_l
     finally:
         started.set()
         channel.close()
+
+
+def test_lines_about_refused_packets_are_limited_per_minute(routing_log) -> None:
+    from aios_grpc.routing.graph import _LimitedLog
+
+    limited = _LimitedLog(per_minute=3)
+    for i in range(10):
+        limited.log(logging.WARNING, "packet %s refused", i)
+    assert routing_log == ["packet 0 refused", "packet 1 refused", "packet 2 refused"]
+    limited._since -= 61  # a minute later
+    limited.log(logging.WARNING, "packet %s refused", 10)
+    assert routing_log[3:] == [
+        "7 more lines about routed packets were left out in the last minute",
+        "packet 10 refused",
+    ]
