@@ -16,9 +16,56 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "clients" / "python"), str(ROOT)]
 
+import argparse  # noqa: E402
+
 import grpc  # noqa: E402
 from aios_block_stubs.v1 import block_pb2 as pb  # noqa: E402
 from aios_block_stubs.v1 import block_pb2_grpc as pb_grpc  # noqa: E402
+
+
+def add_json_option(parser: argparse.ArgumentParser) -> None:
+    """``--json FILE``: the benchmark also writes its results there (``bench/plot.py`` draws them)."""
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE (see bench/plot.py)")
+
+
+class Results:
+    """What one benchmark run measured: a progress line per round on stderr, the whole as JSON.
+
+    ``round(label, **figures)`` as each round ends; ``summary(key, **figures)`` for the
+    figures of the final table; ``write()`` at the end writes the ``--json`` file (when
+    given): ``{"bench", "args", "machine", "rounds": [...], "summary": {...}}``.
+    """
+
+    def __init__(self, bench: str, args: argparse.Namespace) -> None:
+        self.bench = bench
+        self.path = getattr(args, "json", None)
+        self.data: dict[str, Any] = {
+            "bench": bench,
+            "args": {k: v for k, v in vars(args).items() if k != "json"},
+            "machine": {"cpus": os.cpu_count(), "load_before": os.getloadavg()[0]},
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "rounds": [],
+            "summary": {},
+        }
+
+    def round(self, label: str, **figures: float) -> None:
+        """Record one round's figures and print them at once."""
+        self.data["rounds"].append({"label": label, **figures})
+        shown = ", ".join(f"{name} {value:.4g}" for name, value in figures.items())
+        print(f"[{self.bench}] round {len(self.data['rounds'])}: {label}: {shown}", file=sys.stderr, flush=True)
+
+    def summary(self, key: str, **figures: float) -> None:
+        """Record one row of the final table."""
+        self.data["summary"][key] = figures
+
+    def write(self) -> None:
+        """Write the JSON file asked for with ``--json`` (nothing without it)."""
+        if not self.path:
+            return
+        self.data["machine"]["load_after"] = os.getloadavg()[0]
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        Path(self.path).write_text(json.dumps(self.data, indent=2) + "\n")
+        print(f"[{self.bench}] results written to {self.path}", file=sys.stderr, flush=True)
 
 
 class TrivialBlock:

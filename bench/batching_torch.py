@@ -44,7 +44,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import bench_env, cpu_seconds, percentile, start_block, start_process, stop
+from _harness import Results, add_json_option, bench_env, cpu_seconds, percentile, start_block, start_process, stop
 
 STREAMS = 8
 PER_STREAM = 8
@@ -222,7 +222,9 @@ def main() -> None:
         default="binary",
         help="x as a raw float32 file (default) or as a JSON list of 256 numbers",
     )
+    add_json_option(parser)
     args = parser.parse_args()
+    report = Results("batching_torch", args)
     rng = random.Random(0)
     vectors = [[rng.uniform(-1, 1) for _ in range(256)] for _ in range(64)]
     if args.input == "binary":
@@ -271,12 +273,16 @@ def main() -> None:
                 server_us.append(s_us)
                 client_us.append(c_us)
                 lat += round_lat
+                report.round(
+                    f"served, {mode}", packets_per_s=rate, p50_ms=percentile(round_lat, 0.5) * 1e3, server_cpu_us=s_us
+                )
                 if window:
                     rate, _, cpu = asyncio.run(
                         serve_load(raw_address, args.packets // args.rounds, window, pool, raw_proc.pid)
                     )
                     raw_rates.append(rate)
                     raw_us.append(cpu)
+                    report.round("bare grpc.aio server", packets_per_s=rate, server_cpu_us=cpu[0])
                 batch = typical_batch(asyncio.run(histogram(address)))
                 run_rate, forward_rate = offline(batch, inputs, 1.0, args.threads)
                 run_rates.append(run_rate)
@@ -309,6 +315,15 @@ def main() -> None:
             f"p99 {percentile(lat, 0.99) * 1e3:.2f} ms"
         )
         print(f"  CPU per packet    server {s_us:.0f} us (all threads), client {c_us:.0f} us")
+        report.summary(
+            f"served, {mode}",
+            packets_per_s=rate,
+            p50_ms=percentile(lat, 0.5) * 1e3,
+            p99_ms=percentile(lat, 0.99) * 1e3,
+            server_cpu_us=s_us,
+            offline_packets_per_s=run_rate,
+            batch=batch,
+        )
         print(
             f"  offline @ batch {batch:<3} TorchModel.run {run_rate:8.0f} packets/s -> served/offline "
             f"{rate / run_rate:.2f}"
@@ -326,6 +341,8 @@ def main() -> None:
                 f"grpc.aio servicer, same client and load; CPU per packet server {raw_s:.0f} us, client {raw_c:.0f} us)"
             )
             print(f"    -> served/bare {rate / raw:.2f}, bare/offline {raw / run_rate:.2f}")
+            report.summary("bare grpc.aio server", packets_per_s=raw, server_cpu_us=raw_s)
+            report.summary("scheduler alone", packets_per_s=scheduler_only)
             print(
                 f"  scheduler alone   {scheduler_only:8.0f} packets/s (no gRPC, no client; same block, "
                 f"{STREAMS * PER_STREAM} in flight) -> /offline {scheduler_only / run_rate:.2f}"
@@ -337,6 +354,7 @@ def main() -> None:
         total = sum(size * calls for size, calls in hist.items())
         shown = ", ".join(f"{size}:{calls}" for size, calls in sorted(hist.items()))
         print(f"  batch sizes (size:calls, incl. warm-up; {total} packets): {shown}")
+    report.write()
 
 
 if __name__ == "__main__":

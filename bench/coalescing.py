@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the server imports this file too
 
-from _harness import cpu_seconds, start_block, stop
+from _harness import Results, add_json_option, cpu_seconds, start_block, stop
 
 from aios_grpc import OnDataResult
 
@@ -75,7 +75,9 @@ def main() -> None:
     parser.add_argument("--packets", type=int, default=20_000)
     parser.add_argument("--streams", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
+    add_json_option(parser)
     args = parser.parse_args()
+    results = Results("coalescing", args)
     proc, address = start_block("bench/coalescing.py:Echo")
     rates: dict[str, list[float]] = {m: [] for m in MODES}
     cpu: dict[str, list[float]] = {m: [] for m in MODES}
@@ -89,6 +91,7 @@ def main() -> None:
                 # Includes the 200-packet warm-up: a small overcount, alike for every mode.
                 cpu[mode].append((cpu_seconds(proc.pid) - before) / args.packets * 1e6)
                 client_cpu[mode].append((time.process_time() - mine) / args.packets * 1e6)
+                results.round(mode, packets_per_s=rates[mode][-1], server_cpu_us=cpu[mode][-1])
     finally:
         stop(proc)
     base = statistics.median(rates["none"])
@@ -107,6 +110,8 @@ def main() -> None:
             f"{labels[mode]:<34} {rate:>10.0f} {rate / base:>7.2f}x {us:>18.1f} {base_cpu / us:>10.2f}x "
             f"{client_us:>18.1f}"
         )
+        results.summary(labels[mode], packets_per_s=rate, server_cpu_us=us, client_cpu_us=client_us)
+    results.write()
 
 
 if __name__ == "__main__":

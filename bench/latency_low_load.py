@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the server imports this file too
 
-from _harness import percentile, start_block, stop
+from _harness import Results, add_json_option, percentile, start_block, stop
 
 from aios_grpc import OnDataResult, TimeBasedBatcher
 
@@ -73,13 +73,17 @@ def measure(address: str, packets: int) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--packets", type=int, default=500)
+    add_json_option(parser)
     args = parser.parse_args()
+    results = Results("latency_low_load", args)
     servers = {name: start_block(f"bench/latency_low_load.py:{name}") for name in ("BatchedEcho", "PlainEcho")}
     try:
         lat: dict[str, list[float]] = {name: [] for name in servers}
         for _ in range(2):  # alternate so background load falls on both alike
             for name, (_, address) in servers.items():
-                lat[name] += measure(address, args.packets // 2)
+                times = measure(address, args.packets // 2)
+                lat[name] += times
+                results.round(name, p50_ms=percentile(times, 0.5) * 1e3, p99_ms=percentile(times, 0.99) * 1e3)
     finally:
         for proc, _ in servers.values():
             stop(proc)
@@ -92,12 +96,19 @@ def main() -> None:
             f"{label:<36} {percentile(v, 0.5) * 1e3:>7.2f} {percentile(v, 0.9) * 1e3:>7.2f} "
             f"{percentile(v, 0.99) * 1e3:>7.2f}"
         )
+        results.summary(
+            label,
+            p50_ms=percentile(v, 0.5) * 1e3,
+            p90_ms=percentile(v, 0.9) * 1e3,
+            p99_ms=percentile(v, 0.99) * 1e3,
+        )
     p50 = percentile(lat["BatchedEcho"], 0.5)
     print(
         f"batched p50 {'does not include' if p50 < 0.01 else 'INCLUDES'} the 10 ms wait "
         f"(p50 {p50 * 1e3:.2f} ms; batched/plain p50 ratio "
         f"{p50 / percentile(lat['PlainEcho'], 0.5):.2f})"
     )
+    results.write()
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from typing import Any
 sys.path[:0] = [str(Path(__file__).resolve().parent)]
 
 import redis  # noqa: E402
-from _harness import cpu_seconds, start_block  # noqa: E402
+from _harness import Results, add_json_option, cpu_seconds, start_block  # noqa: E402
 from aios_block_stubs.v1 import block_pb2 as pb  # noqa: E402
 
 from aios_grpc.redis.local import LocalRedis  # noqa: E402
@@ -206,7 +206,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Redis Stream ingress vs raw redis-py")
     parser.add_argument("--messages", type=int, default=30000)
     parser.add_argument("--runs", type=int, default=3)
+    add_json_option(parser)
     args = parser.parse_args()
+    results = Results("redis_ingress", args)
     n = args.messages
     load_before = os.getloadavg()
     raw: list[float] = []
@@ -226,6 +228,15 @@ def main() -> None:
                 rate, us = runner.run(n)
                 block.append(rate)
                 cpu.append(us)
+                results.round(
+                    "raw, ingress alone, backlogs, block",
+                    raw_msg_per_s=raw[-1],
+                    alone_msg_per_s=alone[-1],
+                    raw_backlog_msg_per_s=raw_backlog[-1],
+                    alone_backlog_msg_per_s=alone_backlog[-1],
+                    block_msg_per_s=rate,
+                    block_cpu_us=us,
+                )
         finally:
             runner.close()
     load_after = os.getloadavg()
@@ -245,6 +256,10 @@ def main() -> None:
     print(f"ingress alone       {med(alone_backlog):10.0f} msg/s  runs {_runs(alone_backlog)}")
     ratios = [a / r for a, r in zip(alone_backlog, raw_backlog, strict=True)]
     print(f"ratio alone/raw     {med(ratios):10.2f}")
+    results.summary("raw redis-py", msg_per_s=med(raw), backlog_msg_per_s=med(raw_backlog))
+    results.summary("ingress alone", msg_per_s=med(alone), backlog_msg_per_s=med(alone_backlog))
+    results.summary("aios-grpc ingress", msg_per_s=med(block), server_cpu_us=med(cpu))
+    results.write()
 
 
 def _runs(values: list[float]) -> str:

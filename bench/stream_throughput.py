@@ -34,7 +34,7 @@ from typing import Any
 sys.path[:0] = [str(Path(__file__).resolve().parent)]
 
 import grpc  # noqa: E402
-from _harness import TrivialBlock, bench_env, drive, start_process  # noqa: E402
+from _harness import Results, TrivialBlock, add_json_option, bench_env, drive, start_process  # noqa: E402
 from aios_block_stubs.v1 import block_pb2 as pb  # noqa: E402
 from aios_block_stubs.v1 import block_pb2_grpc as pb_grpc  # noqa: E402
 
@@ -75,7 +75,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7, help="runs per server and stream count (median shown)")
     parser.add_argument("--token", action="store_true", help="also run a block server with a bearer token required")
     parser.add_argument("--raw-server", action="store_true", help=argparse.SUPPRESS)
+    add_json_option(parser)
     args = parser.parse_args()
+    results = Results("stream_throughput", args)
     if args.raw_server:
         asyncio.run(_serve_raw())
         return
@@ -118,6 +120,7 @@ def main() -> None:
                     rate, us = asyncio.run(asyncio.wait_for(run, 120))
                     rates.setdefault((name, streams), []).append(rate)
                     cpu.setdefault((name, streams), []).append(us)
+                    results.round(f"{name}, {streams} streams", packets_per_s=rate, server_cpu_us=us)
     finally:
         for proc in procs:
             proc.kill()
@@ -138,6 +141,8 @@ def main() -> None:
             f"{streams:>7} {raw:>10.0f} {block:>12.0f} {block / raw:>9.2f}"
             f" {raw_us:>15.0f} {block_us:>17.0f} {block_us / raw_us:>13.2f}"
         )
+        results.summary(f"raw, {streams} streams", packets_per_s=raw, server_cpu_us=raw_us)
+        results.summary(f"block, {streams} streams", packets_per_s=block, server_cpu_us=block_us)
     if args.token:
         print(
             f"{'streams':>7} {'token pkt/s':>12} {'token/block':>11} {'token cpu us/pkt':>17} {'cpu token/block':>15}"
@@ -148,6 +153,8 @@ def main() -> None:
             block_us = statistics.median(cpu[("block", streams)])
             token_us = statistics.median(cpu[("token", streams)])
             print(f"{streams:>7} {token:>12.0f} {token / block:>11.3f} {token_us:>17.1f} {token_us / block_us:>15.3f}")
+            results.summary(f"token, {streams} streams", packets_per_s=token, server_cpu_us=token_us)
+    results.write()
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from typing import Any
 
 sys.path[:0] = [str(Path(__file__).resolve().parent)]
 
-from _harness import TrivialBlock, bench_env, drive, start_process  # noqa: E402
+from _harness import Results, TrivialBlock, add_json_option, bench_env, drive, start_process  # noqa: E402
 
 
 class _CountingExporter:
@@ -109,7 +109,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="runs per server and stream count (median shown)")
     parser.add_argument("--serve", choices=["none", "metrics", "traced", "lite", "1%"], help=argparse.SUPPRESS)
     parser.add_argument("--report", help=argparse.SUPPRESS)
+    add_json_option(parser)
     args = parser.parse_args()
+    results = Results("tracing_cost", args)
     if args.serve:
         asyncio.run(_serve(args.serve, args.report))
         return
@@ -131,6 +133,7 @@ def main() -> None:
                     rate, cpu = asyncio.run(drive(addresses[mode], procs[mode].pid, streams, args.packets))
                     rates.setdefault((mode, streams), []).append(rate)
                     cpus.setdefault((mode, streams), []).append(cpu)
+                    results.round(f"{mode}, {streams} streams", packets_per_s=rate, server_cpu_us=cpu)
     finally:
         for proc in procs.values():
             proc.send_signal(signal.SIGTERM)
@@ -156,8 +159,11 @@ def main() -> None:
             + " ".join(f"{rate[m] / rate['metrics']:>14.2f}" for m in modes if m != "metrics") + " |             "
             + " ".join(f"{cpu[m]:>7.0f}" for m in modes)
         )  # fmt: skip
+        for m in modes:
+            results.summary(f"{m}, {streams} streams", packets_per_s=rate[m], server_cpu_us=cpu[m])
     spans = report.read_text() if report.exists() else "no report"
     print(f"traced server: {spans} (packets sent to it: {sent})")
+    results.write()
 
 
 if __name__ == "__main__":
