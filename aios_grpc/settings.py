@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     """Packets waiting for a worker, over all streams; a full queue pauses the readers."""
     stream_max_in_flight: int = Field(256, ge=1, validation_alias=_env("STREAM_MAX_IN_FLIGHT"))
     """Unanswered packets one Process stream may have; past it the server stops reading it."""
+    max_in_flight_per_session: int = Field(0, ge=0, validation_alias=_env("MAX_IN_FLIGHT_PER_SESSION"))
+    """Packets of one session id that may run at once, over all streams and ingresses; the
+    others wait their turn in arrival order (none refused); 0: no cap."""
     max_unsent_partials: int = Field(64, ge=1, validation_alias=_env("MAX_UNSENT_PARTIALS"))
     """Partial outputs one packet may have produced and not yet sent; past it its generator waits."""
     max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024, validation_alias=_env("MAX_MESSAGE_BYTES"))

@@ -29,6 +29,8 @@ NOT_RUN = {
     "scripts/dev serve": "the set-up itself; CI runs it (.ci/run runs scripts/dev test)",
     "AIOS_REDIS_INGRESS_STREAM=jobs": "needs a cluster's Redis (redis:6379) and routing targets on 10.0.*.*",
     "block-health-server --redis redis://redis": "needs a cluster's Redis with instances' heartbeats",
+    "AIOS_HTTP_PORT=8080": "a fixed port and curl; tests/service/test_http_endpoints.py runs the same calls",
+    "class OnlyEven(Muxer):": "a muxer fragment, not a block; tests/runtime/test_custom_muxer.py runs the same muxer",
 }
 
 

@@ -45,6 +45,7 @@ from aios_grpc.runtime.blame import BlockErrorLog
 from aios_grpc.runtime.mux_stage import MuxStage
 from aios_grpc.runtime.partials import Partials
 from aios_grpc.runtime.queue import JobQueue
+from aios_grpc.runtime.session_cap import SessionCap
 from aios_grpc.runtime.watchdog import LoopWatchdog
 from aios_grpc.runtime.workers import Workers
 from aios_grpc.settings import Settings
@@ -79,6 +80,9 @@ class Scheduler(Workers, Partials):
         self.batcher: Batcher | None = None
         self.mux_stage: MuxStage | None = None
         self.batch_stage: BatchStage | None = None
+        # AIOS_MAX_IN_FLIGHT_PER_SESSION: packets over a session's cap wait there, not queued.
+        limit = settings.max_in_flight_per_session
+        self.session_cap: SessionCap | None = SessionCap(limit) if limit else None
         self.watchdog = LoopWatchdog(settings.loop_block_threshold_s, self._on_loop_lag)
         # Failures of the block's code, logged for its author (rate-limited per call site).
         self.block_errors = BlockErrorLog(block.name)
@@ -222,6 +226,9 @@ class Scheduler(Workers, Partials):
             await self.batch_stage.cancel()
         if self.mux_stage is not None:
             self.mux_stage.flush("server is shutting down")
+        if self.session_cap is not None:
+            for job in self.session_cap.flush():
+                self.answer(job, Result(Kind.ERROR, error=Unavailable("server is shutting down", stage="queue")))
         await self.watchdog.stop()
         self.block_errors.flush()
         if self._queue is not None:
@@ -264,7 +271,7 @@ class Scheduler(Workers, Partials):
         assert queue is not None
         if queue.full():
             return False
-        if self.mux_stage is not None or not self.accepting:
+        if self.mux_stage is not None or not self.accepting or self.session_cap is not None:
             merged = self._admitted(job)
             if merged is not None:
                 queue.put_nowait(merged)  # cannot find the queue full now: nothing ran in between
@@ -285,7 +292,7 @@ class Scheduler(Workers, Partials):
         """
         queue = self._queue
         assert queue is not None
-        if self.mux_stage is not None or not self.accepting:
+        if self.mux_stage is not None or not self.accepting or self.session_cap is not None:
             return 0
         room = queue.maxsize - queue.qsize()
         if room < len(jobs):
@@ -331,10 +338,24 @@ class Scheduler(Workers, Partials):
             self.answer(job, Result(Kind.ERROR, error=Unavailable("block is draining", stage="queue")))
             return None
         if self.mux_stage is None or job.members is not None:
-            return job
-        merged = self.mux_stage.add(job)
-        self.telemetry.muxer_groups(self.mux_stage.open_groups)
+            merged: Job | None = job
+        else:
+            merged = self.mux_stage.add(job)
+            self.telemetry.muxer_groups(self.mux_stage.open_groups)
+        if merged is not None and self.session_cap is not None and not self.session_cap.admit(merged):
+            return None  # waits for its session's turn (session_cap.py)
         return merged
+
+    def _session_turns(self, jobs: Sequence[Job]) -> None:
+        """Queue the jobs that waited for the sessions of the answered ``jobs``."""
+        assert self.session_cap is not None and self._queue is not None
+        for job in self.session_cap.release(jobs):
+            if not self._queue.full():
+                self._queue.put_nowait(job)
+            else:
+                task = asyncio.create_task(self._queue.put(job))
+                self._side_tasks.add(task)
+                task.add_done_callback(self._side_tasks.discard)
 
     # -- egress ----------------------------------------------------------------------
 
@@ -364,6 +385,8 @@ class Scheduler(Workers, Partials):
         if skipped is not None:  # answered already: not counted again
             jobs = [job for i, job in enumerate(jobs) if i not in skipped]
             results = [result for i, result in enumerate(results) if i not in skipped]
+        if self.session_cap is not None:
+            self._session_turns(jobs)
         self.telemetry.packets_answered(jobs, results)
         self.in_flight -= len(jobs) + extra
         self.completed += len(jobs)
