@@ -32,6 +32,7 @@ from aios_grpc.routing import GraphRouter, Router
 from aios_grpc.runtime import Scheduler
 from aios_grpc.runtime.adapter import BlockAdapter
 from aios_grpc.runtime.control import ControlPlane
+from aios_grpc.runtime.typed import BlockTypes
 from aios_grpc.service.auth import TokenAuth
 from aios_grpc.service.decode import add_block_service, core_receive_limit
 from aios_grpc.service.health import HealthMonitor
@@ -159,6 +160,12 @@ class BlockServer:
         return [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", window)]
 
     async def _init_block(self) -> None:
+        declared = BlockTypes.of(self.block_class).parameters  # Parameters = ... (runtime/typed.py)
+        if declared is not None:
+            try:
+                declared.validate(self.context.block_init_parameters, "block_init_parameters")
+            except ValueError as exc:  # fail fast, one line, before the block's __init__
+                raise ConfigurationError(f"{self.block_class.__qualname__}: {exc}") from None
         scheduler_pool = Scheduler.make_executor(self.settings)
         loop = asyncio.get_running_loop()
         try:

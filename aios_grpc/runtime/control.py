@@ -17,6 +17,7 @@ from aios_grpc._version import __version__
 from aios_grpc.errors import ParametersRejected, UnknownAction
 from aios_grpc.runtime import Scheduler
 from aios_grpc.runtime.adapter import BlockAdapter
+from aios_grpc.runtime.typed import BlockTypes
 
 ActionHandler = Callable[[dict[str, Any]], Coroutine[Any, Any, Any]]
 Broadcast = Callable[[dict[str, Any]], Coroutine[Any, Any, None]]
@@ -37,6 +38,8 @@ class ControlPlane:
         self.actions["aios.batcher"] = scheduler.configure_batching
         # Set when Redis is configured: tells the block's other instances what was applied.
         self.broadcast: Broadcast | None = None
+        # Declared parameters / input types (runtime/typed.py): validation and GetInfo's schemas.
+        self.types = BlockTypes.of(type(block.instance))
 
     async def _call(self, name: str, *args: Any) -> Any:
         method = self.block.methods[name]
@@ -57,11 +60,19 @@ class ControlPlane:
             # Refused before on_update sees it: stored parameters travel in every GetInfo and
             # SetParameters answer, which must stay within the message limit.
             self._check_size("the parameters with the update", {**self.parameters, **params}, limit)
+            typed = self.types.parameters
+            value: Any = params
+            if typed is not None:
+                # The parameters as they would be, checked before the block sees them.
+                try:
+                    value = typed.validate({**self.parameters, **params}, "parameters")
+                except ValueError as exc:
+                    raise ParametersRejected(str(exc)) from None
             if not self.block.has("on_update"):
                 applied: Any = params
             else:
                 try:
-                    ret = await self._call("on_update", params)
+                    ret = await self._call("on_update", value)
                 except Exception as exc:
                     raise ParametersRejected(f"on_update raised {type(exc).__name__}: {exc}") from exc
                 if not (isinstance(ret, tuple) and len(ret) == 2 and isinstance(ret[0], bool)):
@@ -71,8 +82,10 @@ class ControlPlane:
                 ok, applied = ret
                 if not ok:
                     raise ParametersRejected(f"on_update rejected the parameters: {applied}")
-                if applied is None:
+                if applied is None or applied is value:
                     applied = params
+                elif typed is not None and not isinstance(applied, dict):
+                    applied = typed.dump(applied)  # on_update returned its typed object
                 if not isinstance(applied, dict):
                     raise ParametersRejected(f"on_update must return (True, dict), got (True, {applied!r:.120})")
             if applied is not params:
@@ -124,6 +137,7 @@ class ControlPlane:
             "parameters": copy.deepcopy(self.parameters),
             "muxer": getattr(self.scheduler, "muxer_info", lambda: {"n": 0})(),
             "batcher": getattr(self.scheduler, "batcher_info", lambda: {"kind": "none"})(),
+            **self.types.info(),
         }
 
 

@@ -25,13 +25,14 @@ from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from aios_grpc.errors import BlockCodeError, DeadlineExceeded, InvalidPacket, Unavailable
+from aios_grpc.errors import BlockCodeError, DeadlineExceeded, InvalidInput, InvalidPacket, Unavailable
 from aios_grpc.job import Job, Outcome
 from aios_grpc.json_depth import text_too_deep, too_deep_message
 from aios_grpc.packet import AIOSPacket, OnDataResult
 from aios_grpc.routing import Router
 from aios_grpc.runtime.adapter import BlockAdapter
 from aios_grpc.runtime.queue import JobQueue, wake_first
+from aios_grpc.runtime.typed import BlockTypes
 from aios_grpc.settings import Settings
 from aios_grpc.telemetry import Telemetry
 
@@ -87,6 +88,8 @@ class Workers:
         self._turn_waiters: deque[asyncio.Future[None]] = deque()
         self._pool_waiters: deque[asyncio.Future[None]] = deque()
         self._pipelined_seen = 0
+        # The block's declared packet input (``Input = MyInput``, runtime/typed.py), or None.
+        self.input_type = BlockTypes.of(type(self.block.instance)).input
 
     async def _worker(self) -> None:
         queue = self._queue
@@ -285,6 +288,19 @@ class Workers:
             # Only text long enough to be too deep is looked at (json_depth.py).
             if len(data) > 2 * settings.max_json_depth and text_too_deep(data, packet._parsed, settings.max_json_depth):
                 raise InvalidPacket(too_deep_message("packet data", settings.max_json_depth), stage="decode")
+        if self.input_type is not None:
+            self._check_input(job)
+
+    def _check_input(self, job: Job) -> None:
+        """Validate the data of ``job`` (of each member, when merged) against the block's ``Input``."""
+        assert self.input_type is not None
+        data = job.packet.json()
+        inputs = data["inputs"] if job.members is not None and isinstance(data, dict) else [data]
+        for value in inputs:
+            try:
+                self.input_type.validate(value, "input")
+            except ValueError as exc:
+                raise InvalidInput(str(exc), stage="decode") from None
 
     def output_packet(self, job: Job, result: OnDataResult) -> AIOSPacket:
         """The output packet for one ``OnDataResult`` of ``job``."""

@@ -499,6 +499,8 @@ class GetInfoResponse(_message.Message):
     MUXER_FIELD_NUMBER: _builtins.int
     BATCHER_FIELD_NUMBER: _builtins.int
     PARAMETERS_FIELD_NUMBER: _builtins.int
+    PARAMETERS_SCHEMA_FIELD_NUMBER: _builtins.int
+    INPUT_SCHEMA_FIELD_NUMBER: _builtins.int
     block_id: _builtins.str
     """Block id (AIOS_BLOCK_ID or BLOCK_ID)."""
     instance_id: _builtins.str
@@ -519,6 +521,18 @@ class GetInfoResponse(_message.Message):
     def parameters(self) -> _struct_pb2.Struct:
         """Current parameters."""
 
+    @_builtins.property
+    def parameters_schema(self) -> _struct_pb2.Struct:
+        """JSON Schema of the parameters, when the block declares their type
+        (a class attribute Parameters, or the annotation of on_update's argument).
+        """
+
+    @_builtins.property
+    def input_schema(self) -> _struct_pb2.Struct:
+        """JSON Schema of a packet's data, when the block declares it (a class
+        attribute Input); packets whose data does not match are INVALID_ARGUMENT.
+        """
+
     def __init__(
         self,
         *,
@@ -529,10 +543,12 @@ class GetInfoResponse(_message.Message):
         muxer: Global___MuxerInfo | None = ...,
         batcher: Global___BatcherInfo | None = ...,
         parameters: _struct_pb2.Struct | None = ...,
+        parameters_schema: _struct_pb2.Struct | None = ...,
+        input_schema: _struct_pb2.Struct | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["batcher", b"batcher", "muxer", b"muxer", "parameters", b"parameters"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batcher", b"batcher", "input_schema", b"input_schema", "muxer", b"muxer", "parameters", b"parameters", "parameters_schema", b"parameters_schema"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batcher", b"batcher", "block_class", b"block_class", "block_id", b"block_id", "instance_id", b"instance_id", "muxer", b"muxer", "parameters", b"parameters", "sdk_version", b"sdk_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batcher", b"batcher", "block_class", b"block_class", "block_id", b"block_id", "input_schema", b"input_schema", "instance_id", b"instance_id", "muxer", b"muxer", "parameters", b"parameters", "parameters_schema", b"parameters_schema", "sdk_version", b"sdk_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
