@@ -27,7 +27,7 @@ from aios_grpc.json_depth import depth_of, too_deep_message
 from aios_grpc.runtime import Scheduler
 from aios_grpc.runtime.control import ControlPlane
 from aios_grpc.service.decode import Refused
-from aios_grpc.service.stream import Stream, StreamLimits
+from aios_grpc.service.stream import ResultSizes, Stream, StreamLimits
 
 log = logging.getLogger("aios_grpc.service")
 
@@ -67,6 +67,7 @@ class BlockServicer(pb_grpc.BlockServiceServicer):
     def __init__(self, stream_max_in_flight: int, limits: StreamLimits | None = None) -> None:
         self.scheduler: Scheduler | None = None
         self.limits = limits or StreamLimits()
+        self.result_sizes = ResultSizes()  # shared by its streams (the byte bound)
         self.control: ControlPlane | None = None
         self.ready = asyncio.Event()
         self.stream_max_in_flight = stream_max_in_flight
@@ -114,6 +115,7 @@ class BlockServicer(pb_grpc.BlockServiceServicer):
             context.time_remaining(),
             trace_metadata(context.invocation_metadata()),
             self.limits,
+            self.result_sizes,
         )
         self.open_streams += 1
         self._streams.add(stream)
@@ -219,6 +221,9 @@ class BlockServicer(pb_grpc.BlockServiceServicer):
                 max_concurrent_batches=bat.get("max_concurrent_batches", 0),
             ),
             parameters=self._parameters_within_limit(info["parameters"]),
+            # JSON Schemas of declared types (runtime/typed.py); unset when none is declared.
+            parameters_schema=dict_to_struct(info["parameters_schema"]) if "parameters_schema" in info else None,
+            input_schema=dict_to_struct(info["input_schema"]) if "input_schema" in info else None,
         )
 
     def _parameters_within_limit(self, parameters: dict[str, Any]) -> Any:

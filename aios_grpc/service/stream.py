@@ -119,6 +119,15 @@ class StreamLimits:
         )
 
 
+class ResultSizes:
+    """What the streams of one server learnt about its results: the largest so far, in bytes."""
+
+    __slots__ = ("largest",)
+
+    def __init__(self) -> None:
+        self.largest = 0
+
+
 class Stream:
     """One Process stream: reads packets, bounds those unanswered, orders and writes the results.
 
@@ -133,6 +142,7 @@ class Stream:
         time_remaining: float | None,
         trace: dict[str, str] | None = None,
         limits: StreamLimits | None = None,
+        sizes: ResultSizes | None = None,
     ) -> None:
         self.scheduler = scheduler
         self.limits = limits or StreamLimits()
@@ -148,6 +158,17 @@ class Stream:
         # How the stream ends once every packet read is written, when not OK (servicer.Process):
         # a request message refused (service/decode.py), or a drain that stopped the reading.
         self.status: tuple[grpc.StatusCode, str] | None = None
+        # The byte bound (AIOS_STREAM_MAX_UNSENT_BYTES): results up to `heavy_above` bytes can
+        # never break it (a full window of them fits), so only once a larger one came is the
+        # stream `heavy`, and the reader then takes a packet only while the unwritten results
+        # and the packets in flight, reckoned at the largest result so far, fit (`_room`).
+        # The largest result any stream of this server has seen (its block's outputs are
+        # alike): a new stream starts heavy when results are known to be large.
+        self.sizes = sizes or ResultSizes()
+        self.largest = self.sizes.largest
+        self.heavy_above = self.limits.max_unsent_bytes // max_in_flight
+        self.heavy = self.largest > self.heavy_above
+        self._room_waiter: asyncio.Future[None] | None = None
         self.trace = trace  # W3C trace context from the stream's metadata
 
     # -- the writer ------------------------------------------------------------------
@@ -201,6 +222,8 @@ class Stream:
                         window.release()
                     else:
                         item[2].sent()
+                    if self._room_waiter is not None:
+                        self._wake_reader()
                     continue
                 items = out.take(item, MAX_RESULTS_PER_RESPONSE)
                 response = pb.ProcessResponse()
@@ -222,6 +245,8 @@ class Stream:
                         partial.sent()
                 else:
                     window.release(len(items))
+                if self._room_waiter is not None:
+                    self._wake_reader()
             await reader
         finally:
             self.close()
@@ -237,6 +262,8 @@ class Stream:
                     self.window.release(terminal)
                 for partial in partials:
                     partial.sent()
+                if self._room_waiter is not None:
+                    self._wake_reader()
         except BaseException:
             for one in items:
                 one[2].drop()  # the caller is gone: no producer may wait for these
@@ -298,8 +325,50 @@ class Stream:
         waiter = out._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        output = result.output
+        if output is not None and (output.files or len(output.data) > self.heavy_above):
+            self._sized(result)
         if not self.reading and result.kind is not _PARTIAL and self.replies.open_slots == 0:
             out.end()
+
+    # -- the byte bound (AIOS_STREAM_MAX_UNSENT_BYTES) ---------------------------------
+
+    def _sized(self, result: Result) -> None:
+        """A result larger than ``heavy_above`` (or with files) came: the stream may be heavy now."""
+        size = _result_bytes(result)
+        if size > self.largest:
+            self.largest = size
+            if size > self.sizes.largest:
+                self.sizes.largest = size
+        if size > self.heavy_above:
+            self.heavy = True
+
+    def _room(self) -> bool:
+        """Whether one more packet fits the byte bound: unwritten results plus the packets in
+        flight (and this one) at the largest result so far. A stream with nothing in flight and
+        nothing unwritten always has room, so that a result larger than the bound still runs."""
+        in_flight = self.replies.open_slots
+        unsent = 0
+        for _, _, result in self.out._items:
+            if result.output is not None:
+                unsent += _result_bytes(result)
+        if in_flight == 0 and unsent == 0:
+            return True
+        return unsent + (in_flight + 1) * self.largest <= self.limits.max_unsent_bytes
+
+    async def _wait_room(self) -> None:
+        """Wait until ``_room()`` (the writer wakes the reader after each response it wrote)."""
+        while not self._room():
+            self._room_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._room_waiter
+            finally:
+                self._room_waiter = None
+
+    def _wake_reader(self) -> None:
+        waiter = self._room_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     # -- the reader ------------------------------------------------------------------
 
@@ -325,7 +394,7 @@ class Stream:
                     messages = list(request.packets)
                     if request.HasField("packet"):
                         messages.insert(0, request.packet)
-                    if not window.try_acquire(len(messages)):
+                    if self.heavy or not window.try_acquire(len(messages)):
                         await self._read_each(messages)
                         continue
                     jobs = self._jobs(messages)
@@ -334,7 +403,7 @@ class Stream:
                         await self._submit_each(jobs, taken)
                 elif not request.HasField("packet"):
                     await self._refuse_empty()
-                elif window.try_acquire():
+                elif not self.heavy and window.try_acquire():
                     # A lone packet with its place free, inline (no frame of its own).
                     packet = packet_from_proto(request.packet)
                     if replies.open_slots:
@@ -401,6 +470,12 @@ class Stream:
         trace = self.trace
         taken = 0
         for msg in messages:
+            if self.heavy and not self._room():
+                try:
+                    await self._wait_room()
+                except asyncio.CancelledError:
+                    self._refuse(messages[taken:])
+                    raise
             if not window.try_acquire():
                 try:
                     await window.acquire()
@@ -506,6 +581,17 @@ def _deadline(wall_clock: float, stream_deadline: float, now: float) -> float:
 def _draining() -> Result:
     """The answer for a packet read and not run: the stream stopped reading (drain)."""
     return Result(Kind.ERROR, error=Unavailable("block is draining; retry on another instance", stage="queue"))
+
+
+def _result_bytes(result: Result) -> int:
+    """About the bytes a result's output holds (its data and files)."""
+    output = result.output
+    if output is None:
+        return 0
+    size = len(output.data)
+    for f in output.files:
+        size += len(f.file_data) + len(f.metadata)
+    return size
 
 
 def _too_large(result: Result, size: int, limit: int) -> Result:
