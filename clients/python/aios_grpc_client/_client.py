@@ -22,12 +22,14 @@ from aios_grpc_client._endpoints import (
     lb_options,
     retryable_call_error,
 )
-from aios_grpc_client._resend import Ledger, Unanswered
+from aios_grpc_client._resend import Flush, Ledger, Unanswered
 from aios_grpc_client._security import Pem, make_channel, ssl_credentials, with_token
 from aios_grpc_client._types import (
     DEFAULT_COALESCE,
     DEFAULT_MAX_PENDING,
     END,
+    PACKET_TAG,
+    PACKETS_TAG,
     Metadata,
     PacketLike,
     Result,
@@ -41,6 +43,7 @@ from aios_grpc_client._types import (
     parameters_of,
     parameters_request,
     pb,
+    request_head,
     results_of,
     send_item,
     status_name,
@@ -62,6 +65,7 @@ class _Conn:
         self._channel: grpc.Channel | None = None
         self.stub: pb_grpc.BlockServiceStub
         self.health: health_pb2_grpc.HealthStub
+        self.process_bytes: Any
         self.metadata = metadata
 
     def channel(self) -> grpc.Channel:
@@ -70,6 +74,12 @@ class _Conn:
                 self._channel = self._make(self.endpoint.address)
                 self.stub = pb_grpc.BlockServiceStub(self._channel)
                 self.health = health_pb2_grpc.HealthStub(self._channel)
+                # Process with requests the client serialized itself (bytes).
+                self.process_bytes = self._channel.stream_stream(
+                    "/aios.block.v1.BlockService/Process",
+                    request_serializer=None,
+                    response_deserializer=pb.ProcessResponse.FromString,
+                )
             return self._channel
 
     def ready(self) -> _Conn:
@@ -80,6 +90,37 @@ class _Conn:
         with self._lock:
             if self._channel is not None:
                 self._channel.close()
+
+
+def _ledger_requests(packets: Iterator[pb.Packet | Flush], coalesce: int) -> Iterator[bytes]:
+    """Serialized requests of a ledger's packets: one each, or up to ``coalesce`` until the ledger flushes.
+
+    Written as bytes (see ``request_head``): appending a packet to a ``ProcessRequest``
+    copies it, which cost about a third of the client's time per packet.
+    """
+    if coalesce <= 1:
+        for packet in packets:
+            if not isinstance(packet, Flush):
+                body = packet.SerializeToString()
+                yield request_head(PACKET_TAG, len(body)) + body
+        return
+    group: list[bytes] = []
+    count = 0
+    for packet in packets:
+        if isinstance(packet, Flush):
+            if group:
+                yield b"".join(group)
+                group, count = [], 0
+            continue
+        body = packet.SerializeToString()
+        group.append(request_head(PACKETS_TAG, len(body)))
+        group.append(body)
+        count += 1
+        if count >= coalesce:
+            yield b"".join(group)
+            group, count = [], 0
+    if group:
+        yield b"".join(group)
 
 
 class BlockClient:
@@ -224,7 +265,7 @@ class BlockClient:
                 broken: grpc.RpcError | None = None
                 try:
                     requests = self._requests(ledger.packets(stream), coalesce, coalesce_window_s, stop)
-                    for response in conn.stub.Process(requests, timeout=timeout, metadata=conn.metadata):
+                    for response in conn.process_bytes(requests, timeout=timeout, metadata=conn.metadata):
                         for result in results_of(response):
                             seen = ledger.take(result)
                             if seen is not None:
@@ -258,14 +299,15 @@ class BlockClient:
 
     @staticmethod
     def _requests(
-        packets: Iterator[pb.Packet], coalesce: int, coalesce_window_s: float, stop: threading.Event
-    ) -> Iterator[pb.ProcessRequest]:
+        packets: Iterator[pb.Packet | Flush], coalesce: int, coalesce_window_s: float, stop: threading.Event
+    ) -> Iterator[bytes]:
         if coalesce_window_s > 0:
             limit = coalesce if coalesce > 1 else DEFAULT_COALESCE
             source: queue.Queue[Any] = queue.Queue(maxsize=2 * limit)
-            feed_thread(packets, source, stop)
-            return window_requests(source, coalesce, coalesce_window_s)
-        return packet_requests(packets, "", 0, coalesce)
+            # A window closes on its own time: the ledger's flushes are not needed.
+            feed_thread((p for p in packets if not isinstance(p, Flush)), source, stop)
+            return (r.SerializeToString() for r in window_requests(source, coalesce, coalesce_window_s))
+        return _ledger_requests(packets, coalesce)
 
     def _process_once(
         self,

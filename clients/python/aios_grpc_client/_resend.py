@@ -23,6 +23,13 @@ from aios_grpc_client._types import Result, pb
 Key = tuple[str, int]
 
 
+class Flush:
+    """Yielded by ``Ledger.packets`` before it waits: a coalesced request must go now."""
+
+
+FLUSH = Flush()
+
+
 class _Entry:
     """A packet the call has not seen a terminal result for."""
 
@@ -59,9 +66,14 @@ class Ledger:
         # Under failover with several endpoints a retryable result ends the stream (once
         # its other packets are answered) so that the resend goes to the next endpoint.
         self.move_on_retryable = move_on_retryable
-        self.cond = threading.Condition()
+        self.cond = threading.Condition(threading.Lock())
         self.source_lock = threading.Lock()
-        self.out: dict[Key, deque[_Entry]] = {}
+        # Sent on the current stream, unanswered: one entry per key; a key given again
+        # while its first packet is out waits in ``dups`` (answers come in order per key).
+        self.out: dict[Key, _Entry] = {}
+        self.dups: dict[Key, deque[_Entry]] = {}
+        # Request iterators waiting on ``cond``: results notify only when there are some.
+        self.waiters = 0
         self.held: list[_Entry] = []
         self.stream = 0
         self.exhausted = False
@@ -81,14 +93,30 @@ class Ledger:
         """The call is over: every request iterator ends."""
         self.begin(-1)
 
-    def packets(self, stream: int) -> Iterator[pb.Packet]:
-        """The packets to send on stream number ``stream``: resends when due, then new ones."""
+    def packets(self, stream: int) -> Iterator[pb.Packet | Flush]:
+        """The packets to send on stream number ``stream``: resends when due, then new ones.
+
+        ``FLUSH`` comes before the iterator waits (for answers or a resend's back-off), so
+        that packets held back to fill a coalesced request are sent first.
+        """
         cond = self.cond
+        flushed = True
         while True:
-            with cond:
-                entry = self._next_held(stream)
-                if entry is None:
-                    return
+            if self.held or self.exhausted or self.move_on or stream != self.stream:
+                with cond:
+                    entry = self._next_held(stream, flushed)
+                    if entry is None:
+                        return
+            else:
+                # The usual case, read without the lock (a resend added meanwhile is seen
+                # on the next packet): take a new packet; staleness is checked under the
+                # lock below, before it counts as sent. One lock per packet instead of two.
+                entry = True
+            if entry is FLUSH:
+                flushed = True
+                yield FLUSH
+                continue
+            flushed = False
             if entry is not True:
                 yield entry.packet
                 continue
@@ -110,8 +138,9 @@ class Ledger:
                 self._add_out(fresh)
             yield packet
 
-    def _next_held(self, stream: int) -> Any:
-        """Under the lock: a due resend (moved out), True to take a new packet, None to end."""
+    def _next_held(self, stream: int, may_wait: bool) -> Any:
+        """Under the lock: a due resend (moved out), True to take a new packet, None to end,
+        ``FLUSH`` instead of waiting unless ``may_wait``."""
         while True:
             if stream != self.stream:
                 return None
@@ -124,18 +153,23 @@ class Ledger:
                         return entry
                 if not self.exhausted:
                     return True
-            if not self.out and (self.move_on or not self.held):
+            if not self.out and not self.dups and (self.move_on or not self.held):
                 return None  # everything sent here is answered: half-close
+            if not may_wait:
+                return FLUSH
             wait = None if self.move_on or not self.held else max(0.0, min(e.due for e in self.held) - now)
-            self.cond.wait(wait)
+            self.waiters += 1
+            try:
+                self.cond.wait(wait)
+            finally:
+                self.waiters -= 1
 
     def _add_out(self, entry: _Entry) -> None:
         key = (entry.packet.session_id, entry.packet.seq_no)
-        queue = self.out.get(key)
-        if queue is None:
-            self.out[key] = deque((entry,))
+        if key not in self.out:
+            self.out[key] = entry
         else:
-            queue.append(entry)
+            self.dups.setdefault(key, deque()).append(entry)
 
     # -- the results' side -------------------------------------------------------------
 
@@ -143,18 +177,28 @@ class Ledger:
         """``result`` when the caller should see it; None for a duplicate or a result to retry."""
         key = (result.session_id, result.seq_no)
         with self.cond:
-            queue = self.out.get(key)
-            if not queue:
-                return None  # a packet answered already (or never sent by this call)
+            out = self.out
             if result.kind == "partial":
-                return result
-            entry = queue.popleft()
-            if not queue:
-                del self.out[key]
+                return result if key in out else None
+            entry = out.pop(key, None)
+            if entry is None:
+                return None  # a packet answered already (or never sent by this call)
+            if self.dups:
+                later = self.dups.get(key)
+                if later:
+                    out[key] = later.popleft()
+                    if not later:
+                        del self.dups[key]
             error = result.error
+            if error is None or not error.retryable:
+                # The usual case: no clock, no policy; a waiting request iterator (all
+                # packets sent) is woken only by the last answer.
+                self.answered += 1
+                if self.waiters and not out and not self.dups:
+                    self.cond.notify_all()
+                return result
             now = time.monotonic()
-            retry = error is not None and error.retryable
-            if retry and self.policy.allows(entry.attempts + 1, entry.first_sent, now):
+            if self.policy.allows(entry.attempts + 1, entry.first_sent, now):
                 entry.attempts += 1
                 entry.due = now + self.policy.delay(entry.attempts)
                 self.held.append(entry)
@@ -163,7 +207,8 @@ class Ledger:
                 self.cond.notify_all()
                 return None
             self.answered += 1
-            self.cond.notify_all()
+            if self.waiters:
+                self.cond.notify_all()
             return result
 
     def requeue(self) -> list[Key]:
@@ -171,28 +216,28 @@ class Ledger:
         now = time.monotonic()
         spent: list[Key] = []
         with self.cond:
-            for queue in self.out.values():
-                for entry in queue:
-                    entry.attempts += 1
-                    if self.policy.allows(entry.attempts, entry.first_sent, now):
-                        entry.due = now + self.policy.delay(entry.attempts)
-                        self.held.append(entry)
-                    else:
-                        spent.append((entry.packet.session_id, entry.packet.seq_no))
+            for entry in [*self.out.values(), *(e for queue in self.dups.values() for e in queue)]:
+                entry.attempts += 1
+                if self.policy.allows(entry.attempts, entry.first_sent, now):
+                    entry.due = now + self.policy.delay(entry.attempts)
+                    self.held.append(entry)
+                else:
+                    spent.append((entry.packet.session_id, entry.packet.seq_no))
             self.out.clear()
+            self.dups.clear()
             self.cond.notify_all()
         return spent
 
     def done(self) -> bool:
         """Every packet taken from the caller got its terminal result."""
         with self.cond:
-            return self.exhausted and not self.out and not self.held
+            return self.exhausted and not self.out and not self.dups and not self.held
 
     def unanswered(self) -> list[Key]:
         """Keys of the packets still without a terminal result."""
         with self.cond:
-            keys = [key for key, queue in self.out.items() for _ in queue]
+            keys = [*self.out, *(key for key, queue in self.dups.items() for _ in queue)]
             return keys + [(e.packet.session_id, e.packet.seq_no) for e in self.held]
 
 
-__all__ = ["Ledger", "Unanswered"]
+__all__ = ["FLUSH", "Flush", "Ledger", "Unanswered"]
