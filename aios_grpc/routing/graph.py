@@ -135,13 +135,13 @@ class GraphRouter(Router):
         plan = self._plans.get(text)
         if plan is None:
             plan = parse_output_ptr(text, self.block_id)
-            for target in plan.targets:
+            for target in (*plan.targets, *(t for ts in plan.by_status.values() for t in ts)):
                 self.allow.check(target)
             if len(text) <= _MAX_CACHED_POINTER:
                 if len(self._plans) >= 256:
                     self._plans.clear()
                 self._plans[text] = plan
-        if not plan.targets:
+        if not plan.routes:
             return plan
         headers = packet.headers
         if headers:
@@ -179,13 +179,17 @@ class GraphRouter(Router):
     async def route(self, job: Job, outputs: list[AIOSPacket]) -> list[AIOSPacket]:
         """Deliver every output to every target; return what downstream blocks sent back."""
         plan = self._plan(job)
-        if not plan.targets:
+        if not plan.routes:
             return outputs
         if not outputs:
             return []
         headers = job.packet.headers
         hops = _count(headers.get(HOPS_HEADER, ""), 0) + 1 if headers else 1
-        sends_n = len(outputs) * len(plan.targets)
+        # Each output's targets: the entry's, or those its "status" names (on_status).
+        chosen = [plan.targets_for(output) for output in outputs]
+        sends_n = sum(len(targets) for targets in chosen)
+        if sends_n == 0:
+            return outputs  # every output's status chose no target: back to the caller
         budget = self._budget(headers)
         if sends_n > budget:
             raise self._refuse(job, self._over_budget(sends_n))
@@ -195,7 +199,11 @@ class GraphRouter(Router):
             seen = _path(headers.get(PATH_HEADER, "")) if headers else []
             path = json.dumps([*seen, self.block_id])
         sends = []
-        for output in outputs:
+        back: list[AIOSPacket] = []
+        for output, targets in zip(outputs, chosen, strict=True):
+            if not targets:
+                back.append(output)  # its status names no target: it answers the caller
+                continue
             msg = packet_to_proto(output)
             msg.output_ptr = plan.forward_ptr
             msg.headers[HOPS_HEADER] = str(hops)
@@ -204,10 +212,9 @@ class GraphRouter(Router):
                 msg.headers[PATH_HEADER] = path
             if job.deadline and not msg.deadline:
                 msg.deadline = time.time() + (job.deadline - time.monotonic())  # wall clock on the wire
-            for target in plan.targets:
+            for target in targets:
                 sends.append(self._deliver(target, msg, job.deadline))
         results = await self._watched(job, asyncio.gather(*sends, return_exceptions=True))
-        back: list[AIOSPacket] = []
         for res in results:
             if isinstance(res, BaseException):
                 raise res

@@ -9,7 +9,11 @@ Three forms, all JSON text in the packet's ``output_ptr``:
   the whole graph travels with the packet and each hop looks up its own block id.
   An entry may also be ``"final"`` (or ``{"final": true}``) to use the graph's
   ``final`` entry. A block id missing from the graph is an error: jumping to
-  ``final`` silently would skip the rest of the graph.
+  ``final`` silently would skip the rest of the graph. An entry may name its next
+  targets by each output's ``status`` field: ``{"outputs": [default...], "on_status":
+  {"<status>": {"outputs": [...]} or "final", ...}}``; an output whose ``status`` is
+  not listed (or that has none) goes to ``outputs``, and an empty target list sends it
+  back to the caller.
 
 A target is ``{"host", "port", "queue_name", "block_id", "transport"}``:
 
@@ -33,7 +37,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aios_grpc._text import quote
@@ -89,6 +93,20 @@ class Plan:
 
     targets: tuple[Target, ...]
     forward_ptr: str = ""
+    # A graph entry's "on_status": an output's "status" -> its targets instead of ``targets``.
+    by_status: dict[str, tuple[Target, ...]] = field(default_factory=dict)
+
+    def targets_for(self, output: Any) -> tuple[Target, ...]:
+        """The targets of one output packet (``by_status`` looked up by its data's ``status``)."""
+        if not self.by_status:
+            return self.targets
+        status = _status_of(output.data)
+        return self.targets if status is None else self.by_status.get(status, self.targets)
+
+    @property
+    def routes(self) -> bool:
+        """Whether any output may go to a target (False: every output answers the caller)."""
+        return bool(self.targets or self.by_status)
 
 
 ANSWER_CALLER = Plan(())
@@ -139,6 +157,34 @@ def parse_target(raw: Any) -> Target:
     return Target(transport, host, port, queue_name, block_id)
 
 
+def _status_of(data: Any) -> str | None:
+    """The ``status`` field of an output's data (JSON text or a value), or None."""
+    if isinstance(data, str | bytes):
+        try:
+            data = json.loads(data)
+        except ValueError:
+            return None
+    status = data.get("status") if isinstance(data, dict) else None
+    return status if isinstance(status, str) else None
+
+
+def _on_status(graph: dict[str, Any], entry: Any, where: str) -> dict[str, tuple[Target, ...]]:
+    """An entry's ``on_status`` as status -> targets (``"final"`` takes the graph's final entry)."""
+    table = entry.get("on_status") if isinstance(entry, dict) else None
+    if table is None:
+        return {}
+    if not isinstance(table, dict):
+        raise _bad(f"{where}.on_status must be a JSON object of status -> entry")
+    out: dict[str, tuple[Target, ...]] = {}
+    for status, branch in table.items():
+        if branch == "final":
+            final = graph.get("final", {})
+            out[status] = _targets(final, "graph.final") if final else ()
+        else:
+            out[status] = _targets(branch, f"{where}.on_status[{quote(status, 40)}]")
+    return out
+
+
 def _check_host(host: str) -> None:
     """``InvalidPacket`` unless ``host`` is a literal the links take as it is: a DNS name,
     an IPv4 address or a bracketed IPv6 address.
@@ -177,6 +223,12 @@ def _next_blocks(graph: dict[str, Any], block_id: str) -> list[str]:
     outputs = entry.get("outputs", []) if isinstance(entry, dict) else []
     if not isinstance(outputs, list):
         return []
+    table = entry.get("on_status") if isinstance(entry, dict) else None
+    if isinstance(table, dict):  # every branch counts for the cycle check
+        for branch in table.values():
+            more = branch.get("outputs") if isinstance(branch, dict) else None
+            if isinstance(more, list):
+                outputs = [*outputs, *more]
     found = (t.get("block_id") for t in outputs if isinstance(t, dict))
     return [b for b in found if isinstance(b, str) and b in graph and b != "final"]
 
@@ -238,10 +290,12 @@ def parse_output_ptr(output_ptr: str, block_id: str) -> Plan:
     if entry == "final" or (isinstance(entry, dict) and entry.get("final") is True):
         final = graph.get("final", {})
         targets = _targets(final, "graph.final") if final else ()
+        by_status: dict[str, tuple[Target, ...]] = {}
     else:
         targets = _targets(entry, f"graph[{block_id!r}]")
+        by_status = _on_status(graph, entry, f"graph[{block_id!r}]")
     # The whole graph travels on, so that the next hop finds its own entry.
-    return Plan(targets, text) if targets else ANSWER_CALLER
+    return Plan(targets, text, by_status) if targets or by_status else ANSWER_CALLER
 
 
 __all__ = [
