@@ -31,6 +31,7 @@ NOT_RUN = {
     "block-health-server --redis redis://redis": "needs a cluster's Redis with instances' heartbeats",
     "AIOS_HTTP_PORT=8080": "a fixed port and curl; tests/service/test_http_endpoints.py runs the same calls",
     "class OnlyEven(Muxer):": "a muxer fragment, not a block; tests/runtime/test_custom_muxer.py runs the same muxer",
+    "def test_threshold(aios_block):": "a test for pytest to collect; tests/test_pytest_plugin.py runs the same",
 }
 
 
