@@ -133,8 +133,9 @@ class BlockClient:
     calls in proportion to ``weight``; with one ``dns:///`` name it is gRPC's own
     round-robin over the addresses the name resolves to.
 
-    Retries (on by default): a packet whose result is ``retryable``, or that was
-    unanswered when its stream broke, is resent (under failover to the next endpoint)
+    Retries (on by default): a packet whose result is ``retryable`` (UNAVAILABLE,
+    RESOURCE_EXHAUSTED or ABORTED, its deadline not passed), or that was unanswered
+    when its stream broke, is resent (under failover to the next endpoint)
     after ``min(retry_max_backoff_s, retry_backoff_s * 2**n)`` with jitter, at most
     ``retries`` times and not after ``retry_timeout_s``; results are de-duplicated by
     ``(session_id, seq_no)``, so each packet gets exactly one terminal result. Unary
@@ -237,9 +238,10 @@ class BlockClient:
         is not held back waiting for N packets.
 
         With retries on (the default) a packet is resent as the class says, on a new
-        stream when one broke, and ``Unanswered`` is raised when packets ran out of
-        retries without a terminal result; each packet's ``(session_id, seq_no)`` should
-        be unique within the call. A resent packet's partial results may come again.
+        stream when one broke; packets out of retries without a terminal result raise the
+        last stream's ``grpc.RpcError`` (``Unanswered`` when it ended without one). Each
+        packet's ``(session_id, seq_no)`` should be unique within the call; a resent
+        packet's partial results may come again.
         With ``retries=0`` nothing is resent, and ``Unanswered`` (its ``count``) is raised
         when the stream ends OK or with a retryable status (a drain's UNAVAILABLE) before
         every packet sent was answered: ``process()`` never returns with answers missing.
@@ -285,12 +287,13 @@ class BlockClient:
                     self.picker.failed(index)
                 spent = ledger.requeue()
                 why = f"{broken.code().name}: {broken.details()}"[:200] if broken is not None else "stream ended"
-                if spent:
-                    raise Unanswered(spent, why)
-                if failures > self.retry.retries or not self.retry.allows(0, start, time.monotonic()):
-                    if broken is not None and not ledger.unanswered():
+                out_of_retries = failures > self.retry.retries or not self.retry.allows(0, start, time.monotonic())
+                if spent or out_of_retries:
+                    # The last stream's gRPC error, as without retries; Unanswered when the
+                    # stream ended without one.
+                    if broken is not None:
                         raise broken
-                    raise Unanswered(ledger.unanswered(), why)
+                    raise Unanswered(spent or ledger.unanswered(), why)
                 if failures:
                     time.sleep(self.retry.delay(failures))
                 stream += 1

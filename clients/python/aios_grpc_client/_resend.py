@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
-from aios_grpc_client._endpoints import RetryPolicy
+from aios_grpc_client._endpoints import RETRY_CODES, RetryPolicy
 from aios_grpc_client._types import Result, pb
 
 Key = tuple[str, int]
@@ -40,6 +40,11 @@ class _Entry:
         self.first_sent = first_sent
         self.attempts = attempts
         self.due = due
+
+
+def _expired(packet: pb.Packet) -> bool:
+    """Whether the packet's own deadline (Unix seconds; 0: none) has passed: a resend could not succeed."""
+    return bool(packet.deadline) and packet.deadline <= time.time()
 
 
 class Unanswered(RuntimeError):
@@ -190,7 +195,7 @@ class Ledger:
                     if not later:
                         del self.dups[key]
             error = result.error
-            if error is None or not error.retryable:
+            if error is None or not error.retryable or error.code not in RETRY_CODES or _expired(entry.packet):
                 # The usual case: no clock, no policy; a waiting request iterator (all
                 # packets sent) is woken only by the last answer.
                 self.answered += 1
