@@ -10,9 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from aios_grpc.adapters.list_queue import ListQueue
 from aios_grpc.redis.state import sync_client
+
+SIDECAR_TIMEOUT_S = 0.5
+"""Connect and reply timeout of one push to a side-car (``BlockSideCars`` tries twice)."""
 
 
 class RedisListQueue(ListQueue):
@@ -25,6 +30,20 @@ class RedisListQueue(ListQueue):
     def from_url(cls, url: str) -> RedisListQueue:
         """A queue on the Redis server at ``url``."""
         return cls(sync_client(url))
+
+    @classmethod
+    def for_sidecar(cls, url: str, timeout_s: float = SIDECAR_TIMEOUT_S) -> RedisListQueue:
+        """A queue for side-car pushes: each attempt bounded by ``timeout_s``, no retries of its
+        own (``BlockSideCars`` retries once), so a side-car that is down holds the block
+        about ``2 * timeout_s``, not the seconds of the state store's reconnect policy."""
+        client = redis.Redis.from_url(
+            url,
+            socket_connect_timeout=timeout_s,
+            socket_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),
+            retry_on_error=[],
+        )
+        return cls(client)
 
     def push(self, queue_name: str, payload: str | bytes) -> None:
         """``LPUSH`` ``payload`` onto ``queue_name`` (raises when Redis is unreachable)."""

@@ -49,7 +49,7 @@ def context_helpers(settings: Settings) -> dict[str, Any]:
     if settings.sidecars:
         queues: dict[str, ListQueue] = {}
         for name, config in settings.sidecars.items():
-            queues[name] = RedisListQueue.from_url(sidecar_url(name, config, settings.block_id))
+            queues[name] = RedisListQueue.for_sidecar(sidecar_url(name, config, settings.block_id))
         helpers["side_cars"] = BlockSideCars(queues)
     return helpers
 
