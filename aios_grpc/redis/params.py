@@ -44,6 +44,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from aios_grpc._text import quote
 from aios_grpc.redis.claims import ListClaims
 from aios_grpc.redis.retry import TRANSIENT, Retry
 
@@ -196,7 +197,7 @@ class ParameterBroadcast:
             try:
                 params[key.decode()] = json.loads(value)
             except (ValueError, UnicodeDecodeError) as exc:
-                log.error("%s: parameter %r is not JSON: %s", self.current, key, exc)
+                log.error("%s: parameter %s is not JSON: %s", self.current, quote(key), exc)
         if params:
             await self._apply_logged(params, self.current)
         self._synced.set()  # start() returns with the current parameters applied
