@@ -12,7 +12,9 @@ and speak the same ``aios.block.v1.BlockService/Process`` contract:
 
 With ``--token``, a third server runs the same block with ``AIOS_AUTH_TOKENS`` set
 (the token interceptor on) and is driven with ``authorization: Bearer ...`` on every
-stream, in the same rounds: "token/block" is the cost of the check.
+stream, in the same rounds: "token/block" is the cost of the check. A fourth, "twin",
+is the plain block once more: "twin/block" is how far two identical servers differ in
+that run (the noise the token figure must be read against).
 
 One client process drives each with the same load, 1 stream and then 8 streams,
 ``--packets`` packets per run spread over the streams; each stream writes and reads
@@ -101,6 +103,7 @@ def main() -> None:
     }
     if args.token:
         commands["token"] = commands["block"]
+        commands["twin"] = commands["block"]  # the same block again, no token: the run's own noise
     procs: list[subprocess.Popen[str]] = []
     rates: dict[tuple[str, int], list[float]] = {}
     cpu: dict[tuple[str, int], list[float]] = {}
@@ -146,13 +149,18 @@ def main() -> None:
     if args.token:
         print(
             f"{'streams':>7} {'token pkt/s':>12} {'token/block':>11} {'token cpu us/pkt':>17} {'cpu token/block':>15}"
+            f" {'cpu twin/block':>14}"
         )
         for streams in args.streams:
             block = statistics.median(rates[("block", streams)])
             token = statistics.median(rates[("token", streams)])
             block_us = statistics.median(cpu[("block", streams)])
             token_us = statistics.median(cpu[("token", streams)])
-            print(f"{streams:>7} {token:>12.0f} {token / block:>11.3f} {token_us:>17.1f} {token_us / block_us:>15.3f}")
+            twin_us = statistics.median(cpu[("twin", streams)])
+            print(
+                f"{streams:>7} {token:>12.0f} {token / block:>11.3f} {token_us:>17.1f} {token_us / block_us:>15.3f}"
+                f" {twin_us / block_us:>14.3f}"
+            )
             results.summary(f"token, {streams} streams", packets_per_s=token, server_cpu_us=token_us)
     results.write()
 
