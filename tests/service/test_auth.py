@@ -253,3 +253,19 @@ def _packet(seq_no: int) -> Any:
     from aios_grpc_client import make_packet
 
     return make_packet({"x": seq_no}, session_id="rot", seq_no=seq_no)
+
+
+def test_the_token_is_checked_once_per_call_not_per_packet(both_planes: Any) -> None:
+    auth = both_planes.server.auth
+    checked: list[str] = []
+    decide = auth.decide
+
+    def counting(method: str, metadata: Any) -> Any:
+        checked.append(method)
+        return decide(method, metadata)
+
+    auth.decide = counting
+    with BlockClient(both_planes.address, token=DATA) as client:
+        results = [r for r in client.process([{"i": i} for i in range(200)], timeout=60) if r.terminal]
+    assert len(results) == 200 and all(r.ok for r in results)
+    assert checked == [f"/{SERVICE}/Process"]
