@@ -172,7 +172,7 @@ class BlockAdapter:
                     stage="decode",
                 )
         data = packet.data
-        if validate_json and isinstance(data, str | bytes) and data:
+        if validate_json and isinstance(data, str) and data:
             try:
                 packet.check_json()  # kept for the block's own packet.json(): one parse, not two
             except RecursionError:
