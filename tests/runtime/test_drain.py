@@ -8,7 +8,7 @@ import time
 
 import grpc
 import pytest
-from aios_grpc_client import BlockClient, make_packet
+from aios_grpc_client import BlockClient, Unanswered, make_packet
 
 from tests.runtime.blocks import BatchBlock
 
@@ -120,9 +120,10 @@ def test_stop_flushes_the_open_batch_refuses_new_streams_and_reports_not_serving
         while served.server.health.serving and time.monotonic() < deadline:
             time.sleep(0.01)
         assert not served.server.health.serving
-        with pytest.raises(grpc.RpcError) as err:
-            client.run({"i": 99}, timeout=5)
-        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        with BlockClient(served.address, retries=0) as once, pytest.raises(Unanswered) as err:
+            once.run({"i": 99}, timeout=5)  # refused: the client names it unanswered
+        cause = err.value.__cause__
+        assert isinstance(cause, grpc.RpcError) and cause.code() == grpc.StatusCode.UNAVAILABLE
         reader.join(15)
         stopper.join(15)
         took = time.monotonic() - started

@@ -7,7 +7,7 @@ import time
 
 import grpc
 import pytest
-from aios_grpc_client import BlockClient, make_packet
+from aios_grpc_client import BlockClient, Unanswered, make_packet
 
 from tests.blocks.basic import EchoBlock
 
@@ -27,10 +27,11 @@ def test_health_and_a_new_stream_during_a_drain(serve):
             time.sleep(0.1)
             # A probe sees NOT_SERVING (an answer), not a refused call.
             assert client.health(timeout=5) == "NOT_SERVING"
-            with pytest.raises(grpc.RpcError) as refused:
-                client.run({"late": True}, timeout=5)
-            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
-            assert "draining" in (refused.value.details() or "")
+            with BlockClient(served.address, retries=0) as once, pytest.raises(Unanswered) as unanswered:
+                once.run({"late": True}, timeout=5)  # refused: the client names it unanswered
+            refused = unanswered.value.__cause__
+            assert isinstance(refused, grpc.RpcError) and refused.code() == grpc.StatusCode.UNAVAILABLE
+            assert "draining" in (refused.details() or "")
             results = []
             with pytest.raises(grpc.RpcError) as ended:
                 for r in stream.results():
