@@ -23,6 +23,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from json.encoder import encode_basestring_ascii as _json_string
 from typing import TYPE_CHECKING, Any
 
 from aios_grpc.errors import BlockCodeError, DeadlineExceeded, InvalidInput, InvalidPacket, Unavailable
@@ -305,8 +306,10 @@ class Workers:
     def output_packet(self, job: Job, result: OnDataResult) -> AIOSPacket:
         """The output packet for one ``OnDataResult`` of ``job``."""
         # Every output value is JSON-encoded, a str too (it becomes a JSON string), as the
-        # original SDK's json.dumps did: a block's output is a value, never raw text.
-        data = self.block.output_text(result.output)
+        # original SDK's json.dumps did: a block's output is a value, never raw text. A str
+        # goes straight to the C encoder json.dumps uses for it (no Python frame per packet).
+        data = result.output
+        data = _json_string(data) if type(data) is str else self.block.output_text(data)
         packet = job.packet
         # Positional: AIOSPacket(session_id, seq_no, data, ts, output_ptr, files, headers).
         return AIOSPacket(

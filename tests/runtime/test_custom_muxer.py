@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import grpc
 from aios_grpc_client import BlockClient, make_packet
@@ -96,6 +97,12 @@ def test_an_overridden_merge_is_used_for_groups_the_server_forms(serve):
     with BlockClient(served.address) as one, BlockClient(served.address) as two:
         a = one.stream(timeout=30)
         a.send(make_packet({"k": "a"}, session_id="s", seq_no=3))
+        # The two streams are two connections: b goes only once a is held in its group,
+        # so the arrival order the merge reverses is known.
+        deadline = time.monotonic() + 30
+        while served.server.scheduler.mux_stage.open_groups != 1:
+            assert time.monotonic() < deadline, "the first packet never reached the muxer"
+            time.sleep(0.01)
         b = two.stream(timeout=30)
         b.send(make_packet({"k": "b"}, session_id="s", seq_no=3))
         a.close()
