@@ -80,6 +80,7 @@ class BlockServer:
                 "in_flight": lambda: self.scheduler.in_flight if self.scheduler is not None else 0,
                 "open_streams": lambda: self.servicer.open_streams,
                 "serving": lambda: self.health.serving,
+                "sidecar_push_failures": lambda: self.context.side_cars.failures,
             },
             self.context.metrics,
         )

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from aios_grpc.metrics import AIOSMetrics
 
 #: The gauges ``BlockServer`` passes to ``bind`` (each a callable returning the value now).
-GAUGES = ("queue_depth", "in_flight", "open_streams", "serving")
+GAUGES = ("queue_depth", "in_flight", "open_streams", "serving", "sidecar_push_failures")
 
 # (per-packet hook, its bulk hook): the per-packet one is the bulk one with one packet.
 _PAIRS = (

@@ -7,7 +7,8 @@ Metrics (names as Prometheus shows them):
 - ``aios_stage_duration_seconds{stage}`` (queue, preprocess, data, batch, route) and
   ``aios_packet_duration_seconds`` (received to terminal answer)
 - ``aios_queue_depth``, ``aios_packets_in_flight``, ``aios_open_streams``,
-  ``aios_muxer_open_groups``, ``aios_serving`` (1 when the health status is SERVING)
+  ``aios_muxer_open_groups``, ``aios_serving`` (1 when the health status is SERVING),
+  ``aios_sidecar_push_failures_total`` (side-car pushes that failed after their retry)
 - ``aios_batch_size`` (entries per ``on_batch`` call), ``aios_event_loop_lag_seconds``
 
 Traces (only when a tracer provider is configured; otherwise no span is made and
@@ -179,6 +180,14 @@ class Observability(Telemetry):
         gauge("aios_open_streams", "Open Process streams", of("open_streams"))
         gauge("aios_muxer_open_groups", "Incomplete muxer groups", lambda: float(self._muxer_groups))
         gauge("aios_serving", "1 when the gRPC health status is SERVING", of("serving"))
+        read_failures = of("sidecar_push_failures")
+
+        def failures(options: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(read_failures())]
+
+        self.meter.create_observable_counter(
+            "aios_sidecar_push_failures", [failures], description="Side-car pushes that failed after their retry"
+        )
 
     def control_done(self, rpc: str, code: str, seconds: float) -> None:
         """Count a control-plane call and time it."""

@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from aios_grpc import AIOSMetrics
 from aios_grpc.errors import ConfigurationError
+from aios_grpc.packet import AIOSPacket
 from aios_grpc.testing import serve_block
 from tests.blocks.basic import EchoBlock
 from tests.telemetry.blocks import MeteredBlock
@@ -233,3 +234,12 @@ def test_control_plane_calls_are_counted_and_timed(serve: Any) -> None:
     assert value(s, "aios_control_requests_total", rpc="Management", code="UNIMPLEMENTED") == 1
     assert value(s, "aios_control_duration_seconds_count", rpc="GetInfo") == 2
     assert value(s, "aios_control_duration_seconds_sum", rpc="Management") > 0
+
+
+def test_failed_side_car_pushes_are_counted_on_the_metrics_endpoint(serve: Any) -> None:
+    served = serve(EchoBlock, workers=1)
+    port = served.server.telemetry.metrics_port
+    assert value(scrape(port), "aios_sidecar_push_failures_total") == 0
+    side_cars = served.server.context.side_cars
+    assert side_cars.push_to_sidecar("not-configured", AIOSPacket(session_id="s", seq_no=1)) is False
+    assert value(scrape(port), "aios_sidecar_push_failures_total") == 1
