@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import grpc
 from aios_block_stubs.v1 import block_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2_grpc
 
+from aios_grpc_client._endpoints import (
+    Endpoint,
+    EndpointLike,
+    Picker,
+    RetryPolicy,
+    endpoints_of,
+    lb_options,
+    retryable_call_error,
+)
+from aios_grpc_client._resend import Flush, Ledger, Unanswered
 from aios_grpc_client._security import Pem, make_channel, ssl_credentials, with_token
 from aios_grpc_client._types import (
     _HEADS,
@@ -37,9 +48,11 @@ from aios_grpc_client._types import (
     request_head,
     results_of,
     status_name,
+    to_packets,
 )
 
 _Packet = pb.Packet
+_T = TypeVar("_T")
 
 
 class _BytesStub:
@@ -53,15 +66,117 @@ class _BytesStub:
         )
 
 
-class AsyncBlockClient:
-    """An asyncio client for one block instance at ``target`` (``host:port``).
+class _AsyncConn:
+    """One endpoint's channel and stubs, made on first use in the running loop.
 
-    Takes the same ``metadata``, ``token`` and TLS keywords as ``BlockClient``.
+    Made again when a later ``asyncio.run()`` calls from another loop: an aio channel
+    belongs to the loop it was made in.
+    """
+
+    def __init__(self, endpoint: Endpoint, make: Callable[[str], grpc.aio.Channel], metadata: Metadata) -> None:
+        self.endpoint = endpoint
+        self.metadata = metadata
+        self._make = make
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._channel: grpc.aio.Channel | None = None
+        # The generated stub's typing describes a blocking channel; on an aio channel its
+        # calls return awaitables and async iterators, so it is typed loosely here.
+        self._stub: Any = None
+        # Process with requests the client serialized itself (bytes).
+        self._bytes_stub: Any = None
+        self._health: Any = None
+
+    def ready(self) -> _AsyncConn:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._loop = loop
+            self._channel = self._make(self.endpoint.address)
+            self._stub = pb_grpc.BlockServiceStub(self._channel)
+            self._bytes_stub = _BytesStub(self._channel)
+            self._health = health_pb2_grpc.HealthStub(self._channel)
+        return self
+
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        self.ready()
+        assert self._channel is not None
+        return self._channel
+
+    @property
+    def stub(self) -> Any:
+        return self.ready()._stub
+
+    @property
+    def bytes_stub(self) -> Any:
+        return self.ready()._bytes_stub
+
+    @property
+    def health(self) -> Any:
+        return self.ready()._health
+
+    async def close(self) -> None:
+        """Close the channel (if one was made in this loop)."""
+        channel, self._channel, self._loop = self._channel, None, None
+        if channel is not None:
+            await channel.close(None)
+
+
+async def _ledger_requests(packets: AsyncIterator[_Packet | Flush], coalesce: int) -> AsyncIterator[bytes]:
+    """Serialized requests of a ledger's packets: one each, or up to ``coalesce`` until the ledger flushes."""
+    if coalesce <= 1:
+        async for packet in packets:
+            if not isinstance(packet, Flush):
+                body = packet.SerializeToString()
+                yield request_head(PACKET_TAG, len(body)) + body
+        return
+    group: list[bytes] = []
+    count = 0
+    async for packet in packets:
+        if isinstance(packet, Flush):
+            if group:
+                yield b"".join(group)
+                group, count = [], 0
+            continue
+        body = packet.SerializeToString()
+        group.append(request_head(PACKETS_TAG, len(body)))
+        group.append(body)
+        count += 1
+        if count >= coalesce:
+            yield b"".join(group)
+            group, count = [], 0
+    if group:
+        yield b"".join(group)
+
+
+async def _window_requests(
+    packets: AsyncIterator[_Packet | Flush], coalesce: int, coalesce_window_s: float, tasks: list[asyncio.Task[None]]
+) -> AsyncIterator[bytes]:
+    """A ledger's packets in coalescing windows (a window closes on its own time: no flushes needed)."""
+    limit = coalesce if coalesce > 1 else DEFAULT_COALESCE
+    source: asyncio.Queue[Any] = asyncio.Queue(maxsize=2 * limit)
+
+    async def feed() -> None:
+        async for packet in packets:
+            if not isinstance(packet, Flush):
+                await source.put(packet)
+        await source.put(END)
+
+    tasks.append(asyncio.create_task(feed()))
+    async for request in async_window_requests(source, coalesce, coalesce_window_s):
+        yield request.SerializeToString()
+
+
+class AsyncBlockClient:
+    """An asyncio client for a block at ``target``: one ``host:port``, or several endpoints.
+
+    Takes the same ``target`` (an address, an ``Endpoint``, a dict, or a list of those),
+    ``policy``, retry, ``metadata``, ``token`` and TLS keywords as ``BlockClient``, and
+    resends in ``process()`` and ``run()`` as it does.
     """
 
     def __init__(
         self,
-        target: str,
+        target: EndpointLike | Sequence[EndpointLike],
         *,
         channel: grpc.aio.Channel | None = None,
         metadata: Sequence[tuple[str, str]] | None = None,
@@ -71,60 +186,45 @@ class AsyncBlockClient:
         root_certificates: Pem | None = None,
         certificate_chain: Pem | None = None,
         private_key: Pem | None = None,
+        policy: str = "failover",
+        retries: int = 3,
+        retry_backoff_s: float = 0.05,
+        retry_max_backoff_s: float = 2.0,
+        retry_timeout_s: float = 30.0,
     ) -> None:
-        self.target = target
+        self.endpoints = endpoints_of(target)
+        self.picker = Picker(self.endpoints, policy)
+        self.retry = RetryPolicy(retries, retry_backoff_s, retry_max_backoff_s, retry_timeout_s)
+        if channel is not None and len(self.endpoints) > 1:
+            raise ValueError("channel= is for one endpoint; give several endpoints as addresses")
+        self.target = self.endpoints[0].address
         credentials = ssl_credentials(tls, root_certificates, certificate_chain, private_key)
-        options = channel_options(max_message_bytes)
-        self._given = channel
+        options = channel_options(max_message_bytes) + lb_options(self.target, policy, len(self.endpoints))
 
-        def make() -> grpc.aio.Channel:
-            return make_channel(target, options, credentials, aio=True)  # type: ignore[no-any-return]
+        def make(address: str) -> grpc.aio.Channel:
+            return channel or make_channel(address, options, credentials, aio=True)
 
-        self._make = make
-        self.metadata: Metadata = with_token(metadata, token)
-        # The channel and stubs are made on first use, in the running loop, and made again
-        # when a later asyncio.run() calls from another loop (an aio channel belongs to the
-        # loop it was made in).
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._channel: grpc.aio.Channel | None = None
-        # The generated stub's typing describes a blocking channel; on an aio channel its
-        # calls return awaitables and async iterators, so it is typed loosely here.
-        self._stub_: Any = None
-        # Open streams write requests they serialized themselves.
-        self._bytes_stub_: Any = None
-        self._health_: Any = None
-
-    def _ready(self) -> None:
-        loop = asyncio.get_running_loop()
-        if self._loop is loop:
-            return
-        self._loop = loop
-        self._channel = self._given or self._make()
-        self._stub_ = pb_grpc.BlockServiceStub(self._channel)
-        self._bytes_stub_ = _BytesStub(self._channel)
-        self._health_ = health_pb2_grpc.HealthStub(self._channel)
+        self._conns = [
+            _AsyncConn(e, make, with_token(metadata, e.token if e.token is not None else token)) for e in self.endpoints
+        ]
+        self.metadata: Metadata = self._conns[0].metadata
 
     @property
     def channel(self) -> grpc.aio.Channel:
-        """The channel of the running loop (made on first use)."""
-        self._ready()
-        assert self._channel is not None
-        return self._channel
+        """The first endpoint's channel of the running loop (made on first use)."""
+        return self._conns[0].channel
 
     @property
     def _stub(self) -> Any:
-        self._ready()
-        return self._stub_
+        return self._conns[0].stub
 
     @property
     def _bytes_stub(self) -> Any:
-        self._ready()
-        return self._bytes_stub_
+        return self._conns[0].bytes_stub
 
     @property
     def _health(self) -> Any:
-        self._ready()
-        return self._health_
+        return self._conns[0].health
 
     async def __aenter__(self) -> AsyncBlockClient:
         return self
@@ -133,10 +233,29 @@ class AsyncBlockClient:
         await self.close()
 
     async def close(self) -> None:
-        """Close the channel (if one was made in this loop)."""
-        channel, self._channel, self._loop = self._channel, None, None
-        if channel is not None:
-            await channel.close(None)
+        """Close the channels (those made in this loop)."""
+        for conn in self._conns:
+            await conn.close()
+
+    async def _call(self, method: Callable[[_AsyncConn], Awaitable[_T]]) -> _T:
+        """A unary call on the policy's endpoint, tried again on the next while retryable."""
+        order = self.picker.order()
+        start = time.monotonic()
+        attempt = 0
+        while True:
+            index = order[attempt % len(order)]
+            try:
+                out = await method(self._conns[index].ready())
+            except grpc.RpcError as exc:
+                attempt += 1
+                if not retryable_call_error(exc) or not self.retry.allows(attempt, start, time.monotonic()):
+                    raise
+                self.picker.failed(index)
+                if attempt >= len(order):
+                    await asyncio.sleep(self.retry.delay(attempt - len(order) + 1))
+                continue
+            self.picker.worked(index)
+            return out
 
     async def process(
         self,
@@ -148,12 +267,97 @@ class AsyncBlockClient:
         coalesce_window_s: float = 0.0,
         timeout: float | None = None,
     ) -> AsyncIterator[Result]:
-        """Send ``packets`` on one Process stream; yield every result as it comes.
+        """Send ``packets`` on a Process stream; yield every result as it comes.
 
         ``coalesce=N`` sends up to N packets per request message; ``coalesce_window_s=W``
         sends the packets produced within W seconds of each other in one request (at
         most ``coalesce``, 256 by default).
+
+        With retries on (the default) packets are resent as ``BlockClient.process``
+        resends them, with the same guarantee (one terminal result per packet) and the
+        same errors (the last stream's ``grpc.RpcError``, or ``Unanswered``). With
+        ``retries=0`` and one endpoint it is one stream, nothing resent.
         """
+        if self.retry.retries == 0 and len(self._conns) == 1:
+            async for result in self._process_once(
+                packets, session_id, first_seq_no, coalesce, coalesce_window_s, timeout
+            ):
+                yield result
+            return
+        if isinstance(packets, AsyncIterable):
+            ledger = Ledger(
+                iter(()),
+                self.retry,
+                move_on_retryable=self.picker.policy == "failover" and len(self._conns) > 1,
+                async_source=async_to_packets(packets, session_id, first_seq_no),
+            )
+        else:
+            ledger = Ledger(
+                to_packets(packets, session_id, first_seq_no),
+                self.retry,
+                move_on_retryable=self.picker.policy == "failover" and len(self._conns) > 1,
+            )
+        order = self.picker.order()
+        start = time.monotonic()
+        stream = failures = 0
+        try:
+            while True:
+                index = order[stream % len(order)]
+                conn = self._conns[index].ready()
+                ledger.begin(stream)
+                answered = ledger.answered
+                tasks: list[asyncio.Task[None]] = []
+                broken: grpc.RpcError | None = None
+                if coalesce_window_s > 0:
+                    requests = _window_requests(ledger.async_packets(stream), coalesce, coalesce_window_s, tasks)
+                else:
+                    requests = _ledger_requests(ledger.async_packets(stream), coalesce)
+                call = conn.bytes_stub.Process(requests, timeout=timeout, metadata=conn.metadata)
+                try:
+                    async for response in call:
+                        for result in results_of(response):
+                            seen = ledger.take(result)
+                            if seen is not None:
+                                yield seen
+                except grpc.RpcError as exc:
+                    if not retryable_call_error(exc):
+                        raise
+                    broken = exc
+                finally:
+                    if not call.done():
+                        call.cancel()
+                    for task in tasks:
+                        task.cancel()
+                if ledger.done():
+                    self.picker.worked(index)
+                    return
+                # The stream broke, or ended so that the next endpoint takes the resends.
+                failures = 0 if ledger.answered > answered else failures + 1
+                if broken is not None:
+                    self.picker.failed(index)
+                spent = ledger.requeue()
+                why = f"{broken.code().name}: {broken.details()}"[:200] if broken is not None else "stream ended"
+                out_of_retries = failures > self.retry.retries or not self.retry.allows(0, start, time.monotonic())
+                if spent or out_of_retries:
+                    if broken is not None:
+                        raise broken
+                    raise Unanswered(spent or ledger.unanswered(), why)
+                if failures:
+                    await asyncio.sleep(self.retry.delay(failures))
+                stream += 1
+        finally:
+            ledger.stop()
+
+    async def _process_once(
+        self,
+        packets: Iterable[PacketLike] | AsyncIterable[PacketLike],
+        session_id: str,
+        first_seq_no: int,
+        coalesce: int,
+        coalesce_window_s: float,
+        timeout: float | None,
+    ) -> AsyncIterator[Result]:
+        """One stream to the one endpoint, nothing resent (``retries=0``)."""
         feeder: asyncio.Task[None] | None = None
         if not isinstance(packets, AsyncIterable):
             # Produced on the event loop's own thread, a plain iterable never lets the loop
@@ -214,27 +418,34 @@ class AsyncBlockClient:
         ``max_pending`` packets are queued unsent (the server is behind): read
         ``results()`` in another task when sending more than that.
         """
-        return AsyncProcessStream(self._bytes_stub, self.metadata, timeout, coalesce, coalesce_window_s, max_pending)
+        conn = self._conns[self.picker.order()[0]].ready()
+        return AsyncProcessStream(conn.bytes_stub, conn.metadata, timeout, coalesce, coalesce_window_s, max_pending)
 
     async def set_parameters(self, parameters: Mapping[str, Any], *, timeout: float | None = None) -> dict[str, Any]:
         """Apply parameters; returns ``{"applied": {...}, "parameters": {...}}``."""
         request = parameters_request(parameters)
-        return parameters_of(await self._stub.SetParameters(request, timeout=timeout, metadata=self.metadata))
+        return parameters_of(
+            await self._call(lambda c: c.stub.SetParameters(request, timeout=timeout, metadata=c.metadata))
+        )
 
     async def management(
         self, action: str, data: Mapping[str, Any] | None = None, *, timeout: float | None = None
     ) -> Any:
         """Run a management action; returns what the block returned."""
         request = management_request(action, data)
-        return management_result(await self._stub.Management(request, timeout=timeout, metadata=self.metadata))
+        return management_result(
+            await self._call(lambda c: c.stub.Management(request, timeout=timeout, metadata=c.metadata))
+        )
 
     async def get_info(self, *, timeout: float | None = None) -> dict[str, Any]:
         """Block id, instance id, SDK version, muxer and batcher settings, parameters."""
-        return info_of(await self._stub.GetInfo(pb.GetInfoRequest(), timeout=timeout, metadata=self.metadata))
+        request = pb.GetInfoRequest()
+        return info_of(await self._call(lambda c: c.stub.GetInfo(request, timeout=timeout, metadata=c.metadata)))
 
     async def health(self, service: str = "", *, timeout: float | None = 5.0) -> str:
         """The health status name (``"SERVING"``, ``"NOT_SERVING"``, ...)."""
-        return status_name(await self._health.Check(health_request(service), timeout=timeout))
+        request = health_request(service)
+        return status_name(await self._call(lambda c: c.health.Check(request, timeout=timeout)))
 
 
 class AsyncProcessStream:

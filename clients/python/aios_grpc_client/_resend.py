@@ -1,4 +1,4 @@
-"""Resending for ``BlockClient.process``: what is unanswered, what to send next, what is a duplicate.
+"""Resending for ``BlockClient`` and ``AsyncBlockClient``: what is unanswered, what to send next, what is a duplicate.
 
 One ``process()`` call may use several Process streams in a row (a stream broke, or a
 retryable result moved the call on to the next endpoint). The ``Ledger`` is the call's
@@ -11,10 +11,11 @@ sent, keyed by ``(session_id, seq_no)``.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from aios_grpc_client._endpoints import RETRY_CODES, RetryPolicy
@@ -28,6 +29,15 @@ class Flush:
 
 
 FLUSH = Flush()
+
+
+class _Wait:
+    """``Ledger._step``: nothing to send now; wait for a change, at most ``timeout`` seconds (None: no limit)."""
+
+    __slots__ = ("timeout",)
+
+    def __init__(self, timeout: float | None) -> None:
+        self.timeout = timeout
 
 
 class _Entry:
@@ -65,8 +75,18 @@ class Unanswered(RuntimeError):
 class Ledger:
     """The packets of one ``process()`` call that have no terminal result yet."""
 
-    def __init__(self, source: Iterator[pb.Packet], policy: RetryPolicy, move_on_retryable: bool) -> None:
+    def __init__(
+        self,
+        source: Iterator[pb.Packet],
+        policy: RetryPolicy,
+        move_on_retryable: bool,
+        async_source: AsyncIterator[pb.Packet] | None = None,
+    ) -> None:
         self.source = source
+        # An asyncio call's packets, when the caller gave an async iterable (see async_packets).
+        self.async_source = async_source
+        self._async_source_lock: asyncio.Lock | None = None
+        self._async_waiters: list[asyncio.Future[None]] = []
         self.policy = policy
         # Under failover with several endpoints a retryable result ends the stream (once
         # its other packets are answered) so that the resend goes to the next endpoint.
@@ -92,7 +112,7 @@ class Ledger:
         with self.cond:
             self.stream = stream
             self.move_on = False
-            self.cond.notify_all()
+            self._notify()
 
     def stop(self) -> None:
         """The call is over: every request iterator ends."""
@@ -129,45 +149,129 @@ class Ledger:
                 try:
                     packet = next(self.source)
                 except StopIteration:
-                    with cond:
-                        self.exhausted = True
-                        cond.notify_all()
+                    self._source_ended()
                     continue
-            now = time.monotonic()
-            fresh = _Entry(packet, now)
-            with cond:
-                if stream != self.stream:
-                    # Taken for a stream that has ended: the next stream sends it first.
-                    self.held.insert(0, fresh)
-                    return
-                self._add_out(fresh)
+            if not self._sent_new(stream, packet):
+                return
             yield packet
+
+    async def async_packets(self, stream: int) -> AsyncIterator[pb.Packet | Flush]:
+        """``packets`` for an asyncio stream: waits without blocking the loop.
+
+        The call's packets come from ``async_source`` when it is set (an async iterable
+        of the caller), else from ``source``. Everything runs on the loop's thread, so the
+        lock is never waited for; a waiter is woken through ``_notify``.
+        """
+        cond = self.cond
+        flushed = True
+        while True:
+            if self.held or self.exhausted or self.move_on or stream != self.stream:
+                while True:
+                    with cond:
+                        step = self._step(stream, flushed)
+                        if not isinstance(step, _Wait):
+                            break
+                        waiter = asyncio.get_running_loop().create_future()
+                        self._async_waiters.append(waiter)
+                        self.waiters += 1
+                    try:
+                        async with asyncio.timeout(step.timeout):
+                            await waiter
+                    except TimeoutError:
+                        pass
+                    finally:
+                        with cond:
+                            self.waiters -= 1
+                            if waiter in self._async_waiters:
+                                self._async_waiters.remove(waiter)
+                if step is None:
+                    return
+                entry = step
+            else:
+                entry = True
+            if entry is FLUSH:
+                flushed = True
+                yield FLUSH
+                continue
+            flushed = False
+            if entry is not True:
+                yield entry.packet
+                continue
+            if self.async_source is not None:
+                if self._async_source_lock is None:
+                    self._async_source_lock = asyncio.Lock()
+                async with self._async_source_lock:
+                    try:
+                        packet = await anext(self.async_source)
+                    except StopAsyncIteration:
+                        self._source_ended()
+                        continue
+            else:
+                try:
+                    packet = next(self.source)
+                except StopIteration:
+                    self._source_ended()
+                    continue
+            if not self._sent_new(stream, packet):
+                return
+            yield packet
+
+    def _source_ended(self) -> None:
+        with self.cond:
+            self.exhausted = True
+            self._notify()
+
+    def _sent_new(self, stream: int, packet: pb.Packet) -> bool:
+        """A new packet taken for ``stream`` counts as sent; False (held for the next stream) when it ended."""
+        fresh = _Entry(packet, time.monotonic())
+        with self.cond:
+            if stream != self.stream:
+                # Taken for a stream that has ended: the next stream sends it first.
+                self.held.insert(0, fresh)
+                return False
+            self._add_out(fresh)
+        return True
 
     def _next_held(self, stream: int, may_wait: bool) -> Any:
         """Under the lock: a due resend (moved out), True to take a new packet, None to end,
         ``FLUSH`` instead of waiting unless ``may_wait``."""
         while True:
-            if stream != self.stream:
-                return None
-            now = time.monotonic()
-            if not self.move_on:
-                for i, entry in enumerate(self.held):
-                    if entry.due <= now:
-                        del self.held[i]
-                        self._add_out(entry)
-                        return entry
-                if not self.exhausted:
-                    return True
-            if not self.out and not self.dups and (self.move_on or not self.held):
-                return None  # everything sent here is answered: half-close
-            if not may_wait:
-                return FLUSH
-            wait = None if self.move_on or not self.held else max(0.0, min(e.due for e in self.held) - now)
+            step = self._step(stream, may_wait)
+            if not isinstance(step, _Wait):
+                return step
             self.waiters += 1
             try:
-                self.cond.wait(wait)
+                self.cond.wait(step.timeout)
             finally:
                 self.waiters -= 1
+
+    def _step(self, stream: int, may_wait: bool) -> Any:
+        """Under the lock, without waiting: what ``_next_held`` returns, or ``_Wait`` (how long at most)."""
+        if stream != self.stream:
+            return None
+        now = time.monotonic()
+        if not self.move_on:
+            for i, entry in enumerate(self.held):
+                if entry.due <= now:
+                    del self.held[i]
+                    self._add_out(entry)
+                    return entry
+            if not self.exhausted:
+                return True
+        if not self.out and not self.dups and (self.move_on or not self.held):
+            return None  # everything sent here is answered: half-close
+        if not may_wait:
+            return FLUSH
+        return _Wait(None if self.move_on or not self.held else max(0.0, min(e.due for e in self.held) - now))
+
+    def _notify(self) -> None:
+        """Under the lock: wake every waiting request iterator, threads and asyncio tasks alike."""
+        self.cond.notify_all()
+        if self._async_waiters:
+            for waiter in self._async_waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+            self._async_waiters.clear()
 
     def _add_out(self, entry: _Entry) -> None:
         key = (entry.packet.session_id, entry.packet.seq_no)
@@ -200,7 +304,7 @@ class Ledger:
                 # packets sent) is woken only by the last answer.
                 self.answered += 1
                 if self.waiters and not out and not self.dups:
-                    self.cond.notify_all()
+                    self._notify()
                 return result
             now = time.monotonic()
             if self.policy.allows(entry.attempts + 1, entry.first_sent, now):
@@ -209,11 +313,11 @@ class Ledger:
                 self.held.append(entry)
                 if self.move_on_retryable:
                     self.move_on = True
-                self.cond.notify_all()
+                self._notify()
                 return None
             self.answered += 1
             if self.waiters:
-                self.cond.notify_all()
+                self._notify()
             return result
 
     def requeue(self) -> list[Key]:
@@ -230,7 +334,7 @@ class Ledger:
                     spent.append((entry.packet.session_id, entry.packet.seq_no))
             self.out.clear()
             self.dups.clear()
-            self.cond.notify_all()
+            self._notify()
         return spent
 
     def done(self) -> bool:
