@@ -124,6 +124,7 @@ def test_gauges_are_the_callables_bind_was_given() -> None:
         "in_flight": lambda: 7,
         "open_streams": lambda: 2,
         "serving": lambda: True,
+        "sidecar_push_failures": lambda: 3,
     }
     assert set(gauges) == set(GAUGES)
     o.bind(gauges)
