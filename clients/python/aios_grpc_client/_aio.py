@@ -21,7 +21,7 @@ from aios_grpc_client._endpoints import (
     lb_options,
     retryable_call_error,
 )
-from aios_grpc_client._resend import Flush, Ledger, Unanswered
+from aios_grpc_client._resend import Flush, Ledger, Streams
 from aios_grpc_client._security import Pem, make_channel, ssl_credentials, with_token
 from aios_grpc_client._types import (
     _HEADS,
@@ -297,15 +297,11 @@ class AsyncBlockClient:
                 self.retry,
                 move_on_retryable=self.picker.policy == "failover" and len(self._conns) > 1,
             )
-        order = self.picker.order()
-        start = time.monotonic()
-        stream = failures = 0
+        streams = Streams(ledger, self.picker, self.retry)
         try:
             while True:
-                index = order[stream % len(order)]
-                conn = self._conns[index].ready()
-                ledger.begin(stream)
-                answered = ledger.answered
+                conn = self._conns[streams.index].ready()
+                stream = streams.begin()
                 tasks: list[asyncio.Task[None]] = []
                 broken: grpc.RpcError | None = None
                 if coalesce_window_s > 0:
@@ -328,23 +324,10 @@ class AsyncBlockClient:
                         call.cancel()
                     for task in tasks:
                         task.cancel()
-                if ledger.done():
-                    self.picker.worked(index)
+                if streams.ended(broken):
                     return
-                # The stream broke, or ended so that the next endpoint takes the resends.
-                failures = 0 if ledger.answered > answered else failures + 1
-                if broken is not None:
-                    self.picker.failed(index)
-                spent = ledger.requeue()
-                why = f"{broken.code().name}: {broken.details()}"[:200] if broken is not None else "stream ended"
-                out_of_retries = failures > self.retry.retries or not self.retry.allows(0, start, time.monotonic())
-                if spent or out_of_retries:
-                    if broken is not None:
-                        raise broken
-                    raise Unanswered(spent or ledger.unanswered(), why)
-                if failures:
-                    await asyncio.sleep(self.retry.delay(failures))
-                stream += 1
+                if streams.backoff is not None:
+                    await asyncio.sleep(streams.backoff)
         finally:
             ledger.stop()
 

@@ -22,7 +22,7 @@ from aios_grpc_client._endpoints import (
     lb_options,
     retryable_call_error,
 )
-from aios_grpc_client._resend import Flush, Ledger, Unanswered
+from aios_grpc_client._resend import Flush, Ledger, Streams, Unanswered
 from aios_grpc_client._security import Pem, make_channel, ssl_credentials, with_token
 from aios_grpc_client._types import (
     DEFAULT_COALESCE,
@@ -254,15 +254,11 @@ class BlockClient:
             self.retry,
             move_on_retryable=self.picker.policy == "failover" and len(self._conns) > 1,
         )
-        order = self.picker.order()
-        start = time.monotonic()
-        stream = failures = 0
+        streams = Streams(ledger, self.picker, self.retry)
         try:
             while True:
-                index = order[stream % len(order)]
-                conn = self._conns[index].ready()
-                ledger.begin(stream)
-                answered = ledger.answered
+                conn = self._conns[streams.index].ready()
+                stream = streams.begin()
                 stop = threading.Event()
                 broken: grpc.RpcError | None = None
                 try:
@@ -278,25 +274,10 @@ class BlockClient:
                     broken = exc
                 finally:
                     stop.set()
-                if ledger.done():
-                    self.picker.worked(index)
+                if streams.ended(broken):
                     return
-                # The stream broke, or ended so that the next endpoint takes the resends.
-                failures = 0 if ledger.answered > answered else failures + 1
-                if broken is not None:
-                    self.picker.failed(index)
-                spent = ledger.requeue()
-                why = f"{broken.code().name}: {broken.details()}"[:200] if broken is not None else "stream ended"
-                out_of_retries = failures > self.retry.retries or not self.retry.allows(0, start, time.monotonic())
-                if spent or out_of_retries:
-                    # The last stream's gRPC error, as without retries; Unanswered when the
-                    # stream ended without one.
-                    if broken is not None:
-                        raise broken
-                    raise Unanswered(spent or ledger.unanswered(), why)
-                if failures:
-                    time.sleep(self.retry.delay(failures))
-                stream += 1
+                if streams.backoff is not None:
+                    time.sleep(streams.backoff)
         finally:
             ledger.stop()
 

@@ -18,7 +18,9 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from aios_grpc_client._endpoints import RETRY_CODES, RetryPolicy
+import grpc
+
+from aios_grpc_client._endpoints import RETRY_CODES, Picker, RetryPolicy
 from aios_grpc_client._types import Result, pb
 
 Key = tuple[str, int]
@@ -349,4 +351,63 @@ class Ledger:
             return keys + [(e.packet.session_id, e.packet.seq_no) for e in self.held]
 
 
-__all__ = ["FLUSH", "Flush", "Ledger", "Unanswered"]
+class Streams:
+    """The Process streams of one ``process()`` call in a row: what comes after each one ends.
+
+    Shared by ``BlockClient`` and ``AsyncBlockClient``, which only open the stream, feed
+    it from the ledger, read its results, and sleep for ``backoff``. ``index`` is the
+    endpoint of the stream to open next; ``begin`` starts it, ``ended`` decides what
+    follows: done, another stream (after ``backoff`` seconds; None: at once), or the
+    error to give up with.
+    """
+
+    def __init__(self, ledger: Ledger, picker: Picker, policy: RetryPolicy) -> None:
+        self.ledger = ledger
+        self.picker = picker
+        self.policy = policy
+        self.order = picker.order()
+        self.start = time.monotonic()
+        self.stream = 0
+        # Streams in a row that ended without a new terminal result.
+        self.failures = 0
+        self.index = self.order[0]
+        self.backoff: float | None = None
+        self._answered = 0
+
+    def begin(self) -> int:
+        """The stream to endpoint ``index`` is the current one; returns its number."""
+        self.ledger.begin(self.stream)
+        self._answered = self.ledger.answered
+        return self.stream
+
+    def ended(self, broken: grpc.RpcError | None) -> bool:
+        """The current stream ended (``broken``: its retryable gRPC error, else None).
+
+        True: every packet got its terminal result. False: open the next stream, to
+        ``index``, after ``backoff`` seconds (None: no wait). Raises when packets are out
+        of retries: ``broken`` itself, or ``Unanswered`` when the stream ended without one.
+        """
+        ledger = self.ledger
+        if ledger.done():
+            self.picker.worked(self.index)
+            return True
+        # The stream broke, or ended so that the next endpoint takes the resends.
+        self.failures = 0 if ledger.answered > self._answered else self.failures + 1
+        if broken is not None:
+            self.picker.failed(self.index)
+        spent = ledger.requeue()
+        why = f"{broken.code().name}: {broken.details()}"[:200] if broken is not None else "stream ended"
+        out_of_retries = self.failures > self.policy.retries or not self.policy.allows(0, self.start, time.monotonic())
+        if spent or out_of_retries:
+            # The last stream's gRPC error, as without retries; Unanswered when the
+            # stream ended without one.
+            if broken is not None:
+                raise broken
+            raise Unanswered(spent or ledger.unanswered(), why)
+        self.backoff = self.policy.delay(self.failures) if self.failures else None
+        self.stream += 1
+        self.index = self.order[self.stream % len(self.order)]
+        return False
+
+
+__all__ = ["FLUSH", "Flush", "Ledger", "Streams", "Unanswered"]
