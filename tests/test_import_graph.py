@@ -135,3 +135,11 @@ def test_the_runtime_imports_neither_grpc_nor_redis():
                 if top in {"grpc", "redis"} or n.startswith(("aios_grpc.redis", "aios_grpc.service")):
                     offenders.append(f"{path.name}: {n}")
     assert offenders == []
+
+
+def test_no_module_of_the_package_is_over_600_lines():
+    # The structure issue's rule: a module that grows past this holds more than one thing.
+    long = {
+        str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 600
+    }
+    assert long == {}

@@ -4,7 +4,7 @@
   Management, GetInfo); it never decides anything about a packet itself.
 - ``Stream`` (stream.py): one Process stream, the loop thread's hot path: its reader
   converts protobuf to ``Job``s for the runtime's ``Scheduler`` within the stream's
-  ``runtime.window.Window``, its writer fills the responses from the ``Outbox``.
+  ``runtime.window.Window``, its writer fills the responses from the ``Outbox`` (``outbox.py``).
 - ``OrderedReplies`` (ordering.py): one stream's results released per session in
   arrival order.
 - ``HealthMonitor`` (health.py): ``grpc.health.v1`` following start-up, ``health()``,

@@ -30,7 +30,7 @@ import functools
 import inspect
 import logging
 import time
-from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import GeneratorType
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +54,7 @@ from aios_grpc.telemetry._export import (
 from aios_grpc.telemetry._metrics_backend import OTelMetricsBackend, attach_backend
 from aios_grpc.telemetry._stats import FOLD_AT, Key, Stats
 from aios_grpc.telemetry._trace import Traced, extract, write_context
+from aios_grpc.telemetry._trace import drained as _drained
 
 if TYPE_CHECKING:
     from aios_grpc.job import Job, Result
@@ -564,41 +565,6 @@ class Observability(Telemetry):
                     self._close(stage, span, traced, seconds)
 
         return timed
-
-
-def _drained(
-    items: Generator[Any, None, Any],
-    start: float,
-    record: Callable[[float], None] | None,
-    ctx: Any = None,
-    close: Callable[[float], None] | None = None,
-) -> Generator[Any, None, None]:
-    """``items``, timed from ``start`` until drained (or closed, or failed).
-
-    With ``ctx``, the block's generator runs under that OpenTelemetry context each time
-    it is resumed, and ``close(seconds)`` ends its stage span at the end.
-    """
-    clock = time.perf_counter
-    try:
-        if ctx is None:
-            yield from items
-            return
-        while True:
-            token = otel_context.attach(ctx)
-            try:
-                item = next(items)
-            except StopIteration:
-                return
-            finally:
-                otel_context.detach(token)
-            yield item
-    finally:
-        items.close()
-        seconds = clock() - start
-        if record is not None:
-            record(seconds)
-        if close is not None:
-            close(seconds)
 
 
 __all__ = ["Observability"]

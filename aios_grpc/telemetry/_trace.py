@@ -8,9 +8,11 @@ the propagator's time) and ``write_context`` writes a span's context back, as
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Generator, Mapping
 from typing import Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -63,4 +65,39 @@ class Traced:
         self.key = key
 
 
-__all__ = ["Traced", "extract", "write_context"]
+def drained(
+    items: Generator[Any, None, Any],
+    start: float,
+    record: Callable[[float], None] | None,
+    ctx: Any = None,
+    close: Callable[[float], None] | None = None,
+) -> Generator[Any, None, None]:
+    """``items``, timed from ``start`` until drained (or closed, or failed).
+
+    With ``ctx``, the block's generator runs under that OpenTelemetry context each time
+    it is resumed, and ``close(seconds)`` ends its stage span at the end.
+    """
+    clock = time.perf_counter
+    try:
+        if ctx is None:
+            yield from items
+            return
+        while True:
+            token = otel_context.attach(ctx)
+            try:
+                item = next(items)
+            except StopIteration:
+                return
+            finally:
+                otel_context.detach(token)
+            yield item
+    finally:
+        items.close()
+        seconds = clock() - start
+        if record is not None:
+            record(seconds)
+        if close is not None:
+            close(seconds)
+
+
+__all__ = ["Traced", "drained", "extract", "write_context"]
