@@ -18,35 +18,15 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT)]
+
+from tests.helpers import rss, stable_rss  # noqa: E402 (after the path is set)
+
 MIB = 1024 * 1024
-
-
-def rss(pid: int) -> int:
-    """The resident set of process ``pid`` in bytes."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
-
-
-def stable_rss(pid: int, timeout: float = 60.0) -> int:
-    """RSS once it stopped growing (by 1 MiB) for 1.5 s."""
-    end = time.monotonic() + timeout
-    last, since = rss(pid), time.monotonic()
-    while time.monotonic() < end:
-        time.sleep(0.2)
-        now = rss(pid)
-        if now > last + MIB:
-            last, since = now, time.monotonic()
-        elif time.monotonic() - since > 1.5:
-            return now
-    return rss(pid)
 
 
 def start_server(output_bytes: int, unsent_bytes: int) -> tuple[subprocess.Popen[str], str]:

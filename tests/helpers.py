@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from aios_grpc._pb import pb
@@ -45,3 +46,25 @@ def pending(client: Any, stream: str, group: str) -> int:
 def redis_stream_target(port: int, stream: str) -> dict[str, Any]:
     """An ``output_ptr`` target that appends outputs to a Redis Stream on 127.0.0.1."""
     return {"host": "127.0.0.1", "port": port, "queue_name": stream, "transport": "redis-stream"}
+
+
+def rss(pid: int) -> int:
+    """The resident set of process ``pid`` in bytes (Linux ``/proc``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def stable_rss(pid: int, timeout: float = 60.0) -> int:
+    """RSS of ``pid`` once it stopped growing (by 1 MiB) for 1.5 s, or at ``timeout``."""
+    end = time.monotonic() + timeout
+    last, since = rss(pid), time.monotonic()
+    while time.monotonic() < end:
+        time.sleep(0.2)
+        now = rss(pid)
+        if now > last + 1024 * 1024:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since > 1.5:
+            return now
+    return rss(pid)

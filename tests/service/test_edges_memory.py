@@ -9,13 +9,12 @@ is checked against the server process's RSS, measured from /proc.
 from __future__ import annotations
 
 import asyncio
-import time
-from pathlib import Path
 from typing import Any
 
 import grpc
 
 from aios_grpc._pb import pb, pb_grpc
+from tests.helpers import rss, stable_rss
 
 MIB = 1024 * 1024
 STREAMS = 64
@@ -28,28 +27,6 @@ WINDOW = 1 * MIB  # AIOS_STREAM_WINDOW_BYTES (the default)
 def worst_case_bytes(streams: int, unsent: int, largest: int, window: int, request: int) -> int:
     """docs/configuration.md's bound over the server's memory at start (without the queued inputs)."""
     return streams * (4 * unsent + largest + window + 2 * request)
-
-
-def rss(pid: int) -> int:
-    """The resident set of process ``pid`` in bytes."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
-
-
-def _stable_rss(pid: int, timeout: float = 60.0) -> int:
-    """RSS once it stopped growing for a second (the streams are all stalled)."""
-    end = time.monotonic() + timeout
-    last, since = rss(pid), time.monotonic()
-    while time.monotonic() < end:
-        time.sleep(0.2)
-        now = rss(pid)
-        if now > last + MIB:
-            last, since = now, time.monotonic()
-        elif time.monotonic() - since > 1.5:
-            return now
-    return rss(pid)
 
 
 async def _never_reading(address: str, opened: list[Any]) -> None:
@@ -85,7 +62,7 @@ def test_64_streams_that_never_read_stay_under_the_stated_bound(spawn: Any) -> N
     async def main() -> int:
         opened: list[Any] = []
         await _never_reading(server.address, opened)
-        grown = await asyncio.to_thread(_stable_rss, server.proc.pid)
+        grown = await asyncio.to_thread(stable_rss, server.proc.pid)
         for channel, call in opened:
             call.cancel()
             await channel.close()
